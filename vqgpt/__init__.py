@@ -1,0 +1,1 @@
+"""vqgpt: a VQ-GAN tokenizer and a GPT over its codes."""

@@ -1,0 +1,363 @@
+"""Checkpoints: one directory per checkpoint, for every stage, that rebuilds its model from its own files.
+
+    model.safetensors  weights (no pickle; tied weights handled)
+    config.json        format version, stage, arch, resolved model config, data/stage facts, step, versions
+    train_state.pt     optional optimizer/scheduler/RNG state, read with torch.load(weights_only=True)
+
+A save writes a hidden temp sibling, then swaps it in by renames: a crash leaves the previous checkpoint
+readable at `path`, or at `path.old` between the two renames (the loader falls back to it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import random
+import re
+import secrets
+import shutil
+import types
+import typing
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_model as _load_weights
+from safetensors.torch import save_model as _save_weights
+from torch import nn
+
+from vqgpt.errors import UserError
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+TRAIN_STATE_FILE = "train_state.pt"
+ASIDE_SUFFIX = ".old"  # the previous checkpoint, while a save swaps the new one in
+
+# config.json fields every checkpoint has, plus those each stage adds: a new stage is one more entry.
+COMMON_FIELDS = ("dataset", "image_size", "channels", "num_classes", "class_names")
+STAGE_FIELDS: dict[str, tuple[str, ...]] = {
+    "tokenizer": ("codebook_size", "latent_grid"),  # latent_grid: [h, w] tokens per image
+    "gpt": ("vocab_size", "block_size"),
+}
+WRITTEN_HERE = ("format_version", "stage", "arch", "step", "model_config", "weights_sha256", "versions")
+_FIX = "pass a checkpoint directory (config.json + model.safetensors) written by vqgpt"
+
+T = TypeVar("T")
+M = TypeVar("M", bound=nn.Module)
+_REGISTRY: dict[str, tuple[type[nn.Module], type]] = {}  # arch -> (model class, config dataclass)
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the rebuilt model (eval mode), its config.json, and the directory read."""
+
+    model: nn.Module
+    meta: dict[str, Any]
+    path: Path
+
+
+def register_model(arch: str, config_cls: type) -> Callable[[type[M]], type[M]]:
+    """Class decorator: checkpoints of `arch` rebuild as `model_cls(config_cls(**model_config))`."""
+    if not (isinstance(config_cls, type) and dataclasses.is_dataclass(config_cls)):
+        raise TypeError(f"register_model({arch!r}): config_cls must be a dataclass, got {config_cls!r}")
+
+    def register(model_cls: type[M]) -> type[M]:
+        old = _REGISTRY.get(arch)
+        name = f"{model_cls.__module__}.{model_cls.__qualname__}"
+        # The same class again (a reloaded module) is fine; two classes under one name is a bug.
+        if old is not None and f"{old[0].__module__}.{old[0].__qualname__}" != name:
+            raise ValueError(f"arch {arch!r} is already registered to {old[0].__qualname__}, not {name}")
+        _REGISTRY[arch] = (model_cls, config_cls)
+        return model_cls
+
+    return register
+
+
+def dataclass_from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
+    """Rebuild a (nested) config dataclass from a plain dict, rejecting keys it does not have."""
+    if not isinstance(data, Mapping):
+        raise UserError(f"{cls.__name__} expects a JSON object, got {type(data).__name__}")
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls) if f.init})
+    if unknown:
+        raise UserError(f"unknown keys for {cls.__name__}: {', '.join(unknown)}")
+    hints = typing.get_type_hints(cls)  # resolves string annotations (`from __future__ import annotations`)
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]  # a nested dataclass is `X` or `X | None`
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        options = typing.get_args(hint) if union else (hint,)
+        sub = next((t for t in options if dataclasses.is_dataclass(t)), None)
+        kwargs[key] = dataclass_from_dict(sub, value) if sub and isinstance(value, Mapping) else value
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a field without a default is missing
+        raise UserError(f"cannot build {cls.__name__}: {e}") from None
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    *,
+    stage: str,
+    arch: str,
+    meta: Mapping[str, Any],
+    step: int,
+    train_state: Mapping[str, Any] | None = None,
+) -> Path:
+    """Atomically write `model` (config in `model.config`), meta and optional train state to dir `path`."""
+    path = Path(path).expanduser()
+    record = _build_record(model, stage, arch, meta, step)
+    if path.is_file() or (path.is_dir() and any(path.iterdir()) and not (path / CONFIG_FILE).is_file()):
+        raise UserError(f"{path} exists and is not a vqgpt checkpoint; not replacing it, pick another path")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.iterdir():  # left by a killed save (one writer per path)
+        if stale.name.startswith(f".{path.name}.tmp-"):
+            shutil.rmtree(stale, ignore_errors=True)
+    # Not tempfile.mkdtemp: its 0o700 would make every checkpoint private to its writer.
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    tmp.mkdir()
+    aside = path.with_name(path.name + ASIDE_SUFFIX)
+    try:
+        _write_files(tmp, model, record, train_state)
+        if path.exists() and aside.exists():
+            shutil.rmtree(aside)  # a save killed before its cleanup left it; `path` is the good one
+        if path.exists():
+            os.replace(path, aside)
+        os.replace(tmp, path)
+        _fsync(path.parent)  # make the renames themselves durable
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if aside.exists() and not path.exists():
+            os.replace(aside, path)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+    return path
+
+
+def _build_record(model: nn.Module, stage: str, arch: str, meta: Mapping[str, Any], step: int) -> dict:
+    """Check the save arguments (a caller bug: ValueError) and assemble config.json, minus the hash."""
+    if stage not in STAGE_FIELDS:
+        raise ValueError(f"unknown stage {stage!r}; known: {', '.join(STAGE_FIELDS)}")
+    if arch not in _REGISTRY:
+        raise ValueError(f"arch {arch!r} is not registered; decorate its model class with @register_model")
+    model_cls, config_cls = _REGISTRY[arch]
+    if not isinstance(model, model_cls) or not isinstance(getattr(model, "config", None), config_cls):
+        raise ValueError(f"arch {arch!r} needs a {model_cls.__name__} with .config a {config_cls.__name__}")
+    missing = [k for k in COMMON_FIELDS + STAGE_FIELDS[stage] if k not in meta]
+    reserved = [k for k in meta if k in WRITTEN_HERE]
+    if missing or reserved:
+        raise ValueError(f"{stage} meta: missing {missing}; keys save_checkpoint writes itself {reserved}")
+    if not isinstance(step, int) or step < 0:
+        raise ValueError(f"step must be a non-negative int, got {step!r}")
+    head = {"format_version": FORMAT_VERSION, "stage": stage, "arch": arch, "step": step}
+    return {**head, "model_config": dataclasses.asdict(model.config), **meta, "versions": _versions()}
+
+
+def _write_files(tmp: Path, model: nn.Module, record: dict, train_state: Mapping[str, Any] | None) -> None:
+    # save_model (not save_file) drops the duplicate names of tied weights instead of failing on them.
+    _save_weights(model, str(tmp / WEIGHTS_FILE))
+    _fsync(tmp / WEIGHTS_FILE)
+    record["weights_sha256"] = _sha256(tmp / WEIGHTS_FILE)
+    try:
+        text = json.dumps(record, indent=2, allow_nan=False)
+    except (TypeError, ValueError) as e:  # e.g. a DictConfig or a NaN in meta
+        raise ValueError(f"config.json takes plain JSON only (to_container a DictConfig): {e}") from e
+    (tmp / CONFIG_FILE).write_text(text + "\n")
+    _fsync(tmp / CONFIG_FILE)
+    if train_state is not None:
+        torch.save(dict(train_state), tmp / TRAIN_STATE_FILE)
+        _fsync(tmp / TRAIN_STATE_FILE)
+        try:  # fail now, with the old checkpoint in place, rather than when resuming
+            torch.load(tmp / TRAIN_STATE_FILE, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as e:
+            raise ValueError(f"train_state takes tensors and plain containers only: {_one_line(e)}") from e
+    _fsync(tmp)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)  # directories too (POSIX)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _versions() -> dict[str, str | None]:
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda}
+    for package in ("vqgpt", "safetensors", "numpy"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def _resolve(path: str | os.PathLike) -> Path:
+    """The checkpoint directory to read: `path`, or `path.old` if a save died between its renames."""
+    path = Path(path).expanduser()
+    aside = path.with_name(path.name + ASIDE_SUFFIX)
+    if not path.exists() and (aside / CONFIG_FILE).is_file():
+        warnings.warn(f"{path} is missing; loading {aside}, left by an interrupted save", stacklevel=3)
+        return aside
+    if not path.exists():
+        raise UserError(f"checkpoint {path} does not exist; {_FIX}")
+    if path.is_file() and path.name in (CONFIG_FILE, WEIGHTS_FILE):
+        raise UserError(f"{path} is a file inside a checkpoint; pass its directory {path.parent}")
+    if path.is_file():
+        raise UserError(f"{path} is a file, not a vqgpt checkpoint (.pt/.ckpt files are not read); {_FIX}")
+    if not (path / CONFIG_FILE).is_file():
+        raise UserError(f"{path} is not a vqgpt checkpoint: it has no {CONFIG_FILE}; {_FIX}")
+    return path
+
+
+def _read_config(ckpt: Path, expected_stage: str | None) -> dict[str, Any]:
+    file = ckpt / CONFIG_FILE
+    try:
+        meta = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{file} is not valid JSON ({_one_line(e)}); it is damaged, use another") from None
+    version = meta.get("format_version") if isinstance(meta, dict) else None
+    if not isinstance(version, int):
+        raise UserError(f"{file} has no format_version: {ckpt} is not a vqgpt checkpoint; {_FIX}")
+    if version > FORMAT_VERSION:
+        raise UserError(
+            f"{ckpt} has format {version}, newer than this vqgpt's {FORMAT_VERSION}; upgrade vqgpt"
+        )
+    stage = meta.get("stage")
+    if expected_stage is not None and stage != expected_stage:
+        raise UserError(
+            f"{ckpt} is a {stage!r} checkpoint (arch {meta.get('arch')!r}), but a {expected_stage!r} "
+            f"checkpoint is expected here; pass a {expected_stage} checkpoint directory"
+        )
+    if stage not in STAGE_FIELDS:
+        raise UserError(f"{ckpt} has unknown stage {stage!r} (known: {', '.join(STAGE_FIELDS)}); upgrade")
+    missing = [k for k in WRITTEN_HERE + COMMON_FIELDS + STAGE_FIELDS[stage] if k not in meta]
+    if missing:
+        raise UserError(f"{file} lacks {', '.join(missing)}; it is damaged, re-save it or use another")
+    return meta
+
+
+def read_meta(path: str | os.PathLike, *, expected_stage: str | None = None) -> dict[str, Any]:
+    """The validated config.json of a checkpoint directory, without loading weights."""
+    return _read_config(_resolve(path), expected_stage)
+
+
+def load_checkpoint(
+    path: str | os.PathLike, *, expected_stage: str | None = None, map_location: str | torch.device = "cpu"
+) -> Checkpoint:
+    """Rebuild the model from the checkpoint alone (registry + config.json); load its weights strictly."""
+    ckpt = _resolve(path)
+    meta = _read_config(ckpt, expected_stage)
+    if meta["arch"] not in _REGISTRY:
+        known = ", ".join(sorted(_REGISTRY)) or "none"
+        raise UserError(
+            f"{ckpt} has unknown arch {meta['arch']!r} (registered: {known}); "
+            "import the module that registers it, or upgrade vqgpt"
+        )
+    model_cls, config_cls = _REGISTRY[meta["arch"]]
+    written_by = f"use the vqgpt that wrote it ({meta['versions'].get('vqgpt')})"
+    try:
+        config = dataclass_from_dict(config_cls, meta["model_config"])
+    except UserError as e:
+        raise UserError(f"{ckpt}: model_config does not fit this code ({e}); {written_by}") from None
+    if not (ckpt / WEIGHTS_FILE).is_file():
+        raise UserError(f"{ckpt} has no {WEIGHTS_FILE}; the checkpoint is incomplete, use another")
+    device = torch.device(map_location)
+    with device:  # build directly on the target device
+        model = model_cls(config)
+    try:
+        missing, unexpected = _load_weights(model, ckpt / WEIGHTS_FILE, strict=False, device=str(device))
+    except SafetensorError as e:
+        raise UserError(
+            f"{ckpt / WEIGHTS_FILE} is damaged ({_one_line(e)}); use another checkpoint"
+        ) from None
+    except RuntimeError as e:  # a shape mismatch
+        raise UserError(f"{ckpt / WEIGHTS_FILE} does not load: {_one_line(e)}; {written_by}") from None
+    if missing or unexpected:
+        raise UserError(
+            f"{ckpt / WEIGHTS_FILE} does not match {model_cls.__name__}: missing keys {_some(missing)}, "
+            f"unexpected keys {_some(unexpected)}; {written_by}"
+        )
+    return Checkpoint(model=model.eval(), meta=meta, path=ckpt)
+
+
+def load_model(
+    path: str | os.PathLike, expected_stage: str | None = None, map_location: str | torch.device = "cpu"
+) -> nn.Module:
+    """The model of a checkpoint, rebuilt and strictly loaded (see load_checkpoint), in eval mode."""
+    return load_checkpoint(path, expected_stage=expected_stage, map_location=map_location).model
+
+
+def load_train_state(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict | None:
+    """The optimizer/scheduler/RNG state saved beside the weights, or None; never runs pickled code."""
+    file = _resolve(path) / TRAIN_STATE_FILE
+    if not file.is_file():
+        return None
+    try:  # weights_only: a restricted unpickler that refuses anything but tensors and plain containers
+        state = torch.load(file, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise UserError(f"{file} was refused: {_one_line(e)}; delete it to resume without it") from None
+    if not isinstance(state, dict):
+        raise UserError(f"{file} holds a {type(state).__name__}, not a dict; delete it to resume without it")
+    return state
+
+
+def checkpoint_hash(path: str | os.PathLike) -> str:
+    """Short sha256 of the checkpoint's weights: tells apart token caches made by different tokenizers."""
+    return _sha256(_resolve(path) / WEIGHTS_FILE)[:16]
+
+
+def _some(keys: list[str], n: int = 4) -> str:
+    keys = sorted(keys)
+    return "[" + ", ".join(keys[:n]) + (f", ... {len(keys) - n} more" if len(keys) > n else "") + "]"
+
+
+def _one_line(e: BaseException) -> str:
+    """The useful part of a (possibly multi-line) library error, on one line."""
+    text = str(e)
+    if "Weights only load failed" in text:  # torch's refusal; don't echo its "retry with weights_only=False"
+        found = re.search(r"GLOBAL ([\w.]+)", text)  # what the pickle would have called, if it says
+        return "it holds pickled objects weights_only loading refuses" + (f" ({found[1]})" if found else "")
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())[:300]
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy, torch CPU (and CUDA) RNG states, as tensors/plain containers (weights_only-safe)."""
+    _, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    return {
+        "python": random.getstate(),  # (int, tuple of ints, float | None): plain already
+        # An ndarray would need numpy globals unpickled; a tensor and plain numbers do not.
+        "numpy": [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached_gaussian)],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore the RNG streams captured by rng_state()."""
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    keys, pos, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state(("MT19937", keys.cpu().numpy().astype(np.uint32), pos, has_gauss, cached_gaussian))
+    torch.set_rng_state(state["torch"].cpu())
+    # CUDA streams only restore onto as many GPUs; a resume on other hardware keeps fresh ones.
+    if state["cuda"] and torch.cuda.is_available() and torch.cuda.device_count() == len(state["cuda"]):
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

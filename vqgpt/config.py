@@ -1,0 +1,254 @@
+"""Structured configs: the typed schema behind every YAML file in `configs/`.
+
+Hydra lives here and in `scripts/`; the library itself takes these dataclasses (or plain arguments),
+never a DictConfig. Each schema is registered in Hydra's ConfigStore, so a misspelt key or a value of
+the wrong type fails when the config is composed, with the key named.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from vqgpt.errors import UserError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass
+class DatasetConfig:
+    """Which images to load, and how to bring them to one size and channel count."""
+
+    name: str = MISSING  # key in vqgpt.data.DATASETS: mnist, cifar10, folder, patterns, ...
+    root: str | None = None  # looked at first; None = only the well-known places (and download)
+    image_size: int = 32  # square side after resizing
+    channels: int = 3  # 1 = grayscale, 3 = RGB; images are converted to this
+    num_classes: int = 1
+    class_names: list[str] | None = None
+    resize: str = "crop"  # crop: resize shorter side then center-crop; pad: center-pad with black
+    download: bool = False  # let the library download the data where the dataset allows it
+    skip_corrupt: bool = False  # folder: skip (and count) unreadable images instead of failing
+    hflip: bool = False  # random horizontal flips on the training split
+    medmnist_size: int | None = None  # 28/64/128/224; None = smallest size >= image_size
+    num_train: int = 2048  # patterns: images per split (generated on the fly)
+    num_test: int = 512
+    seed: int = 0  # patterns: generation seed
+
+
+@dataclass
+class QuantizerConfig:
+    """One schema for every quantizer; `name` picks the implementation (vq, fsq). See vqgpt/quantize.py."""
+
+    name: str = "vq"  # vq | fsq
+    num_codewords: int = 1024  # K; fsq: must equal prod(levels)
+    embedding_dim: int = 64  # d, the width of the latents being quantized
+    cos_dist: bool = False  # nearest neighbour by cosine similarity (l2-normalised latents and codes)
+    proj_dim: int | None = None  # factorised codes: look up in a proj_dim-wide space (< embedding_dim)
+    random_proj: int | None = None  # width of a fixed random projection used for the search; None = off
+    init_method: str = "random"  # random (normal) | uniform (+-1/K) | latent_random | kmeans
+    kmeans_iters: int = 10  # Lloyd iterations for init_method=kmeans
+    pretrain_steps: int = 0  # bypass the quantizer for the first N training forwards (autoencoder warm start)
+    penalty_weight: float = 0.0  # batch-level codebook-usage (entropy) penalty; 0 = off
+    penalty_sample_weight: float = 0.0  # adds this times the mean per-sample entropy (sharpens); 0 = off
+    penalty_temperature: float = 1.0  # soft assignment = softmax(-squared distance / temperature)
+    beta: float = 0.25  # commitment weight
+    decay: float | None = None  # None = codebook learned by the loss; else EMA decay in (0, 1)
+    restart_after: int | None = None  # reseed codes unused for this many steps; None = off
+    usage_window: int = 100  # `usage` = fraction of codes used in the last N steps (also `dead_codes` age)
+    gradient: str = "ste"  # ste (straight-through) | rotation (rotation trick)
+    levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])  # fsq: levels per channel
+
+
+@dataclass
+class TokenizerLossConfig:
+    """VQ-GAN loss weights (reconstruction + perceptual + adversarial + codebook)."""
+
+    rec_loss: str = "l1"  # l1 | l2
+    perceptual_weight: float = 1.0
+    lpips_weights: str | None = None  # local LPIPS/VGG weights file for offline machines
+    codebook_weight: float = 1.0
+    disc_weight: float = 0.5
+    disc_start: int = 5000  # step at which the discriminator joins (GAN weight 0 before it)
+    disc_loss: str = "hinge"  # hinge | non_saturating
+    disc_channels: int = 64  # PatchGAN width of its first layer
+    disc_layers: int = 3  # PatchGAN stride-2 layers; needs image_size >= 3 * 2 ** disc_layers
+
+
+@dataclass
+class TokenizerConfig:
+    """Convolutional VQ-GAN encoder/decoder (taming-transformers family)."""
+
+    name: str = "vqgan"
+    in_channels: int = 3  # image channels; the YAML sets ${dataset.channels}
+    image_size: int = 32  # square side; must be divisible by f. The YAML sets ${dataset.image_size}
+    channels: int = 64
+    ch_mult: list[int] = field(default_factory=lambda: [1, 2, 2])  # f = 2 ** (len(ch_mult) - 1)
+    num_res_blocks: int = 2
+    attn_resolutions: list[int] = field(default_factory=list)  # feature-map sides that get self-attention
+    dropout: float = 0.0
+    z_channels: int = 64  # encoder output width
+    double_z: bool = False  # encoder outputs 2 * z_channels (taming's KL option; here it just widens quant_conv)
+    embed_dim: int = 64  # width of the quantized latents (quant_conv: z_channels -> embed_dim)
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    loss: TokenizerLossConfig = field(default_factory=TokenizerLossConfig)
+
+
+@dataclass
+class GPTConfig:
+    """Decoder-only transformer over token grids; vocab and block size come from the tokenizer."""
+
+    name: str = "gpt"
+    n_layer: int = 6
+    n_head: int = 8
+    n_embd: int = 256
+    dropout: float = 0.0
+    bias: bool = False
+    tie_weights: bool = True
+    class_dropout: float = 0.1  # label dropout, so classifier-free guidance works
+
+
+@dataclass
+class TrainerConfig:
+    """The plain training loop's knobs."""
+
+    max_steps: int = 10000
+    batch_size: int = 64
+    lr: float = 3e-4
+    min_lr: float = 3e-5
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    weight_decay: float = 0.0
+    warmup_steps: int = 500
+    grad_clip: float | None = 1.0
+    grad_accum: int = 1
+    precision: str = "bf16"  # bf16 autocast on GPU; CPU always runs fp32
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    num_workers: int = 2
+    seed: int = 0
+    log_every: int = 50
+    eval_every: int = 1000
+    sample_and_save_freq: int = 1000
+    checkpoint_every: int = 1000
+    progress_bar: bool = True
+
+
+@dataclass
+class LoggerConfig:
+    """Where metrics go: `none` (console only) or `wandb`."""
+
+    name: str = "none"  # none | wandb
+    project: str = "vqgpt"
+    entity: str | None = None
+    mode: str | None = None  # online | offline | disabled; None = online if an API key is set
+    run_name: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SamplingConfig:
+    """Sampling options; None means off."""
+
+    num_samples: int = 16
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    cfg_scale: float | None = None
+    seed: int = 0
+    class_label: str | None = None  # index or name; None = every class in turn
+
+
+@dataclass
+class TrainTokenizerRun:
+    """`scripts/train_tokenizer.py`."""
+
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    out_dir: str = "."  # relative paths land in Hydra's run dir
+    resume: str | None = None  # checkpoint directory to resume from
+
+
+@dataclass
+class TrainGPTRun:
+    """`scripts/train_gpt.py`."""
+
+    checkpoint_vae: str | None = None  # the tokenizer checkpoint whose codes the GPT learns
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    gpt: GPTConfig = field(default_factory=GPTConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    cache_dir: str | None = None  # token cache; None = next to the tokenizer checkpoint
+    out_dir: str = "."
+    resume: str | None = None
+
+
+@dataclass
+class SampleRun:
+    """`scripts/sample.py`."""
+
+    checkpoint_vae: str | None = None
+    checkpoint_gpt: str | None = None
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    device: str = "auto"
+    out_dir: str = "."
+    gif: bool = False
+    completion: bool = False
+
+
+@dataclass
+class InspectDataRun:
+    """`scripts/inspect_data.py`: load a dataset, print what it holds, save a grid of its images."""
+
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    split: str = "train"
+    num_images: int = 64  # shown in the grid
+    max_images: int | None = 10000  # statistics over at most this many images; None = all
+    batch_size: int = 256
+    num_workers: int = 0
+    out_dir: str = "."
+
+
+SCHEMAS = {
+    "train_tokenizer_schema": TrainTokenizerRun,
+    "train_gpt_schema": TrainGPTRun,
+    "sample_schema": SampleRun,
+    "inspect_data_schema": InspectDataRun,
+}
+def register_configs() -> None:
+    """Register every schema with Hydra's ConfigStore (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    # The primary schemas type every group below them (dataset, tokenizer, ...), so group files
+    # need no schema of their own and a typo anywhere names its full key.
+    for name, schema in SCHEMAS.items():
+        cs.store(name=name, node=schema)
+
+
+def to_object(cfg: DictConfig | Any) -> Any:
+    """Turn a composed (typed) DictConfig node into its dataclass instance, refusing unknown keys.
+
+    Hydra's `+key=value` opens the struct flag, so a misspelt key added that way would otherwise be
+    dropped silently; here it is an error that names the key.
+    """
+    if not isinstance(cfg, DictConfig):
+        return cfg
+    _check_known_keys(cfg, prefix="")
+    return OmegaConf.to_object(cfg)
+
+
+def _check_known_keys(node: DictConfig, prefix: str) -> None:
+    schema = OmegaConf.get_type(node)
+    known = {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
+    for key in node.keys():
+        full = f"{prefix}{key}"
+        if known is not None and key not in known:
+            raise UserError(f"unknown config key '{full}' ({schema.__name__} has: {', '.join(sorted(known))})")
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            _check_known_keys(child, prefix=f"{full}.")

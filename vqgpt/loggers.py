@@ -1,0 +1,128 @@
+"""Where metrics go: a JSONL file always, plus Weights & Biases when asked; console progress bars.
+
+Only rank 0 logs (STYLE 10); other ranks get a logger that does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import netrc
+import os
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from vqgpt.config import LoggerConfig
+from vqgpt.errors import UserError
+
+WANDB_MODES = ("online", "offline", "disabled")
+
+
+def wandb_api_key_present() -> bool:
+    """True when wandb could authenticate without asking: WANDB_API_KEY or an api.wandb.ai netrc entry."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def resolve_wandb_mode(mode: str | None) -> str:
+    """The configured mode, or online with an API key and offline without one (never a login prompt)."""
+    if mode is None:
+        mode = os.environ.get("WANDB_MODE") or ("online" if wandb_api_key_present() else "offline")
+    if mode not in WANDB_MODES:
+        raise UserError(f"logger.mode={mode!r} is not one of {', '.join(WANDB_MODES)}; pick one or leave it null")
+    if mode == "online" and not wandb_api_key_present():
+        raise UserError(
+            "logger.mode=online but no wandb API key is set; run `wandb login`, set WANDB_API_KEY, "
+            "or use logger.mode=offline"
+        )
+    return mode
+
+
+class Logger:
+    """Writes scalars to `metrics.jsonl` in the run dir; subclasses send them elsewhere too."""
+
+    def __init__(self, run_dir: str | Path | None):
+        self.path = Path(run_dir) / "metrics.jsonl" if run_dir is not None else None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._start = time.time()
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        """Record scalar metrics (keys like `train/loss`, `val/psnr`, `codebook/usage`) at a step."""
+        if self.path is None:
+            return
+        row = {"step": step, "time": round(time.time() - self._start, 3)}
+        row.update({k: _scalar(v) for k, v in metrics.items()})
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def log_image(self, key: str, path: str | Path, step: int) -> None:
+        """Record an image already saved to disk (the run dir keeps the file itself)."""
+
+    def finish(self) -> None:
+        """Flush and close."""
+
+
+class WandbLogger(Logger):
+    """Logger that also sends to Weights & Biases (offline when no API key is set)."""
+
+    def __init__(self, cfg: LoggerConfig, run_dir: str | Path, config: dict[str, Any]):
+        super().__init__(run_dir)
+        import wandb  # imported here: a slow import that only this logger needs
+
+        mode = resolve_wandb_mode(cfg.mode)
+        self._wandb = wandb
+        self.run = wandb.init(
+            project=cfg.project,
+            entity=cfg.entity,
+            name=cfg.run_name,
+            tags=list(cfg.tags),
+            mode=mode,
+            dir=str(run_dir),
+            config=config,
+            # A bad network must not hang a training run: give up on the server after a minute.
+            settings=wandb.Settings(init_timeout=60, silent=True),
+        )
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        super().log(metrics, step)
+        self.run.log({k: _scalar(v) for k, v in metrics.items()}, step=step)
+
+    def log_image(self, key: str, path: str | Path, step: int) -> None:
+        self.run.log({key: self._wandb.Image(str(path))}, step=step)
+
+    def finish(self) -> None:
+        self.run.finish()
+
+
+def build_logger(cfg: LoggerConfig, run_dir: str | Path, config: dict[str, Any], rank: int = 0) -> Logger:
+    """The logger named by `cfg.name`; ranks other than 0 get one that writes nothing."""
+    if rank != 0:
+        return Logger(None)
+    if cfg.name == "none":
+        return Logger(run_dir)
+    if cfg.name == "wandb":
+        return WandbLogger(cfg, run_dir, config)
+    raise UserError(f"logger={cfg.name!r} is unknown; use logger=none or logger=wandb")
+
+
+def progress(iterable: Iterable | None = None, total: int | None = None, desc: str = "",
+             enabled: bool = True, initial: int = 0) -> tqdm:
+    """A tqdm bar (rate in it/s and ETA built in); disabled off a terminal-less rank or on request."""
+    return tqdm(iterable, total=total, desc=desc, initial=initial, disable=not enabled,
+                dynamic_ncols=True, file=sys.stderr, smoothing=0.1)
+
+
+def _scalar(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return v.detach().float().item()
+    return v
