@@ -65,10 +65,10 @@ def main(cfg: DictConfig) -> None:
             "pixel_std": std,
             "class_counts": {name: int(c) for name, c in zip(names, counts.tolist(), strict=True)},
         }
-        grid_path = save_grid(torch.cat(grid)[: run.num_images], out_dir / f"{info['name']}_{run.split}.png")
+        grid_path = save_grid(torch.cat(grid)[: run.num_images], out_dir / f"{info['dataset']}_{run.split}.png")
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
 
-        print(f"{info['name']} [{run.split}]: {len(dataset)} images of shape {summary['shape']}, "
+        print(f"{info['dataset']} [{run.split}]: {len(dataset)} images of shape {summary['shape']}, "
               f"{info['num_classes']} classes")
         print(f"pixels over {seen} images: min {lo:.3f} max {hi:.3f} mean {mean:.3f} std {std:.3f}")
         width = max(len(n) for n in names)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,8 +46,45 @@ def test_missing_dataset_is_one_line_error_with_exit_2(tmp_path):
     assert "cifar10" in lines[0] and str(empty) in lines[0] and "download" in lines[0]
 
 
-def test_train_tokenizer_says_plainly_that_the_model_is_missing(tmp_path):
-    out = run_script("train_tokenizer.py", "dataset=patterns", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+TINY_TOKENIZER = ("dataset=patterns", "dataset.image_size=16", "dataset.num_train=64", "dataset.num_test=16",
+                  "trainer=debug", "tokenizer.channels=8", "tokenizer.z_channels=8", "tokenizer.embed_dim=8",
+                  "tokenizer.ch_mult=[1,2]", "tokenizer.quantizer.num_codewords=16",
+                  "tokenizer.loss.perceptual_weight=0", "tokenizer.loss.disc_start=2",
+                  "tokenizer.loss.disc_channels=8", "tokenizer.loss.disc_layers=1")
+
+
+def test_train_tokenizer_smoke_run_writes_a_loadable_checkpoint_and_eval(tmp_path):
+    from vqgpt.checkpoint import load_checkpoint, load_train_state
+
+    out = run_script("train_tokenizer.py", *TINY_TOKENIZER, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    run = tmp_path / "run"
+    ckpt = load_checkpoint(run / "checkpoints" / "last", expected_stage="tokenizer")
+    assert ckpt.meta["step"] == 4 and ckpt.meta["dataset"] == "patterns"
+    assert ckpt.meta["codebook_size"] == 16 and ckpt.meta["latent_grid"] == [8, 8]
+    assert ckpt.model.tokenize(torch.zeros(2, 3, 16, 16)).shape == (2, 8, 8)
+    assert load_train_state(run / "checkpoints" / "last")["step"] == 4
+    results = json.loads((run / "eval.json").read_text())
+    assert results["num_images"] == 16 and 0 < results["usage"] <= 1 and results["psnr"] > 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("train/d_loss" in r for r in rows)  # the discriminator joined at disc_start=2
+    assert any("codebook/perplexity" in r for r in rows) and any("val/psnr" in r for r in rows)
+    assert sorted(p.name for p in (run / "reconstructions").iterdir()) == ["step_0000002.png", "step_0000004.png"]
+
+
+def test_train_tokenizer_resumes_from_its_checkpoint(tmp_path):
+    first = run_script("train_tokenizer.py", *TINY_TOKENIZER, "trainer.max_steps=2",
+                       f"hydra.run.dir={tmp_path / 'a'}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    again = run_script("train_tokenizer.py", *TINY_TOKENIZER, f"resume={tmp_path / 'a' / 'checkpoints' / 'last'}",
+                       f"hydra.run.dir={tmp_path / 'b'}", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert min(steps) == 3  # picked up after step 2
+
+
+def test_train_tokenizer_bad_image_size_is_one_line_error(tmp_path):
+    out = run_script("train_tokenizer.py", *TINY_TOKENIZER, "dataset.image_size=15",
+                     f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert out.returncode == 2
-    assert out.stderr.strip().startswith("error: ") and "not in this version" in out.stderr
-    assert (tmp_path / "run" / "config.yaml").exists()
+    assert out.stderr.strip().startswith("error: ") and "divisible" in out.stderr and "\n" not in out.stderr.strip()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import importlib.metadata
 import json
 import os
@@ -51,6 +52,9 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
 }
 WRITTEN_HERE = ("format_version", "stage", "arch", "step", "model_config", "weights_sha256", "versions")
 _FIX = "pass a checkpoint directory (config.json + model.safetensors) written by vqgpt"
+
+# Where vqgpt's own architectures live, so loading one needs no import by the caller.
+BUILTIN_ARCHS = {"vqgan": "vqgpt.vqgan", "gpt": "vqgpt.gpt"}
 
 T = TypeVar("T")
 M = TypeVar("M", bound=nn.Module)
@@ -266,6 +270,8 @@ def load_checkpoint(
     """Rebuild the model from the checkpoint alone (registry + config.json); load its weights strictly."""
     ckpt = _resolve(path)
     meta = _read_config(ckpt, expected_stage)
+    if meta["arch"] not in _REGISTRY and meta["arch"] in BUILTIN_ARCHS:
+        importlib.import_module(BUILTIN_ARCHS[meta["arch"]])  # registers it
     if meta["arch"] not in _REGISTRY:
         known = ", ".join(sorted(_REGISTRY)) or "none"
         raise UserError(

@@ -617,7 +617,7 @@ def dataset_info(cfg: DatasetConfig, dataset: Dataset | None = None) -> dict:
     """What a checkpoint records about its data; class names from `dataset` (read from its files) if given."""
     class_names = getattr(dataset, "class_names", None) or cfg.class_names
     return {
-        "name": cfg.name,
+        "dataset": cfg.name,
         "image_size": cfg.image_size,
         "channels": cfg.channels,
         "num_classes": cfg.num_classes,

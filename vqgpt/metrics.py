@@ -33,3 +33,10 @@ class CodebookStats:
         probs = self.counts.double() / self.counts.sum().clamp_min(1)
         entropy = -(probs * probs.clamp_min(1e-12).log()).sum()
         return {"usage": (self.counts > 0).double().mean().item(), "perplexity": entropy.exp().item()}
+
+
+def lpips_distance(lpips_net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-image LPIPS distance of images in [-1, 1]; grayscale is repeated to the 3 channels VGG expects."""
+    if x.shape[1] == 1:
+        x, y = x.expand(-1, 3, -1, -1), y.expand(-1, 3, -1, -1)
+    return lpips_net(x.contiguous(), y.contiguous()).flatten()
