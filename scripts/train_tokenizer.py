@@ -11,6 +11,7 @@ below), checkpoints/last (the tokenizer checkpoint the GPT stage reads) and eval
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,7 +104,9 @@ def train(run: TrainTokenizerRun, out_dir: Path, config: dict) -> dict:
     criterion = VQGANLoss(run.tokenizer.loss, lpips_net, build_discriminator(run.tokenizer)).to(device)
     opt_g = adamw(model, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
     opt_d = adamw(criterion.discriminator, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
-    meta.update(codebook_size=model.num_codewords, latent_grid=list(model.latent_grid))
+    # The full data config too, so the GPT stage tokenizes exactly the data this tokenizer saw.
+    meta.update(codebook_size=model.num_codewords, latent_grid=list(model.latent_grid),
+                data_config=dataclasses.asdict(run.dataset))
     ckpt_dir = out_dir / "checkpoints" / "last"
 
     def save(step: int) -> None:

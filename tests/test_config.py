@@ -48,6 +48,13 @@ def test_every_experiment_composes_with_its_stage(name):
     cfg = _compose(primary, [f"experiment={name}", "trainer.max_steps=3", f"out_dir={name}"])
     run = to_object(cfg)
     assert run.trainer.max_steps == 3  # command-line overrides still win over the recipe
+    if stage == "tokenizer":  # the recipe's model and discriminator can be built at its image size
+        from vqgpt.discriminator import build_discriminator
+        from vqgpt.vqgan import VQGAN
+
+        model = VQGAN(run.tokenizer)
+        build_discriminator(run.tokenizer)
+        assert model.latent_grid[0] * model.downsample_factor == run.dataset.image_size
 
 
 @pytest.mark.parametrize("group,primary", [

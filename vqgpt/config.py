@@ -102,12 +102,17 @@ class GPTConfig:
     """Decoder-only transformer over token grids; vocab and block size come from the tokenizer."""
 
     name: str = "gpt"
+    # Facts of the data, filled by scripts/train_gpt.py from the tokenizer checkpoint and the dataset
+    # before the model is built (0 = not set yet); never typed in a YAML.
+    vocab_size: int = 0  # K, the tokenizer's codebook size
+    block_size: int = 0  # T = h * w tokens per image: the transformer's context
+    num_classes: int = 0  # 0 = unconditional (a learned start token); else one class token per label
     n_layer: int = 6
     n_head: int = 8
     n_embd: int = 256
     dropout: float = 0.0
-    bias: bool = False
-    tie_weights: bool = True
+    bias: bool = False  # biases in Linear layers and LayerNorms (nanoGPT: False is a bit better and faster)
+    tie_weights: bool = True  # the output head shares the token embedding matrix
     class_dropout: float = 0.1  # label dropout, so classifier-free guidance works
 
 
@@ -177,12 +182,13 @@ class TrainGPTRun:
     """`scripts/train_gpt.py`."""
 
     checkpoint_vae: str | None = None  # the tokenizer checkpoint whose codes the GPT learns
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    dataset: DatasetConfig | None = None  # None = the data config stored in the tokenizer checkpoint
     gpt: GPTConfig = field(default_factory=GPTConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     cache_dir: str | None = None  # token cache; None = next to the tokenizer checkpoint
+    hflip_copies: bool = False  # also cache horizontally flipped training images (doubles the train split)
     out_dir: str = "."
     resume: str | None = None
 
