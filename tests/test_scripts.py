@@ -88,3 +88,26 @@ def test_train_tokenizer_bad_image_size_is_one_line_error(tmp_path):
                      f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert out.returncode == 2
     assert out.stderr.strip().startswith("error: ") and "divisible" in out.stderr and "\n" not in out.stderr.strip()
+
+
+def test_train_gpt_smoke_run_builds_the_cache_and_a_loadable_checkpoint(tmp_path):
+    from vqgpt.checkpoint import load_checkpoint
+
+    tok = run_script("train_tokenizer.py", *TINY_TOKENIZER, "trainer.max_steps=2",
+                     f"hydra.run.dir={tmp_path / 'tok'}", cwd=tmp_path)
+    assert tok.returncode == 0, tok.stderr
+    vae = tmp_path / "tok" / "checkpoints" / "last"
+    out = run_script("train_gpt.py", f"checkpoint_vae={vae}", "gpt=tiny", "trainer=debug", "trainer.batch_size=4",
+                     f"hydra.run.dir={tmp_path / 'gpt'}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert (vae.parent / "token_cache_patterns_16" / "header.json").exists()
+    ckpt = load_checkpoint(tmp_path / "gpt" / "checkpoints" / "last", expected_stage="gpt")
+    assert ckpt.meta["vocab_size"] == 16 and ckpt.meta["block_size"] == 64 and ckpt.meta["num_classes"] == 6
+    rows = [json.loads(line) for line in (tmp_path / "gpt" / "metrics.jsonl").read_text().splitlines()]
+    assert any("val/bits_per_token" in r for r in rows)
+    assert (tmp_path / "gpt" / "samples" / "step_0000004.png").exists()
+
+
+def test_train_gpt_without_a_tokenizer_is_one_line_error(tmp_path):
+    out = run_script("train_gpt.py", f"hydra.run.dir={tmp_path / 'gpt'}", cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.strip().startswith("error: checkpoint_vae is not set")

@@ -1,0 +1,246 @@
+"""Sampling token grids from a GPT: pure logit filters, argument checks, and two generation loops.
+
+    tokens = generate(model, 16, cond=3, top_k=100, cfg_scale=2.0, seed=0)   # (16, T) with a KV cache
+    tokens = generate_nocache(model, 16, cond=3, top_k=100, cfg_scale=2.0, seed=0)   # the same tokens
+
+`generate_nocache` recomputes the whole sequence for every token (nanoGPT's loop); it stays as the test
+oracle for the KV-cache path. Options follow one rule: `None` means off.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vqgpt.errors import UserError
+
+# callback(step, tokens_so_far, logits): after token `step` is drawn; tokens_so_far (B, step + 1) is a view
+# of the output (read it, don't write it); logits (B, V) are what the token was drawn from, guided but
+# before temperature and filtering, so softmax(logits) is the model's prediction for position `step`.
+Callback = Callable[[int, torch.Tensor, torch.Tensor], None]
+
+
+def check_sampling_args(
+    vocab_size: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    cfg_scale: float | None = None,
+    num_classes: int | None = None,
+) -> None:
+    """Refuse sampling options that cannot work, naming the key and the fix; num_classes None = unknown."""
+    if not (isinstance(temperature, numbers.Real) and 0 < temperature < math.inf):
+        raise UserError(f"sampling.temperature={temperature} must be > 0 (1 = the model's distribution, "
+                        "near 0 = nearly greedy)")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral)
+                              or not 1 <= top_k <= vocab_size):
+        raise UserError(f"sampling.top_k={top_k} must be an integer in 1..{vocab_size} (the vocabulary size), "
+                        "or null for off")
+    if top_p is not None and not (isinstance(top_p, numbers.Real) and 0 < top_p <= 1):
+        raise UserError(f"sampling.top_p={top_p} must be in (0, 1] (1 keeps every token), or null for off")
+    if cfg_scale is not None:
+        if not (isinstance(cfg_scale, numbers.Real) and 0 <= cfg_scale < math.inf):
+            raise UserError(f"sampling.cfg_scale={cfg_scale} must be >= 0 (0 = unconditional, 1 = conditional, "
+                            "> 1 = stronger guidance), or null for off")
+        if num_classes == 0:
+            raise UserError("sampling.cfg_scale needs a class-conditional GPT, and this one is unconditional "
+                            "(num_classes=0); set sampling.cfg_scale=null")
+
+
+def resolve_class(label: str | int | None, class_names: list[str] | None, num_classes: int) -> int | None:
+    """The class index of `label`, given as an index or a (case-insensitive) class name; None stays None."""
+    if label is None:
+        return None
+    if num_classes == 0:
+        raise UserError(f"class {label!r} given, but the GPT is unconditional; set sampling.class_label=null")
+    if isinstance(label, str):
+        text = label.strip().lower()
+        names = [name.lower() for name in class_names or []]
+        if text in names:  # a name wins over an index: a folder dataset may name its classes "1", "5", ...
+            return names.index(text)
+        try:
+            label = int(text)
+        except ValueError:
+            known = (f"one of: {', '.join(class_names[:10])}{', ...' if len(class_names) > 10 else ''}"
+                     if class_names else "none (the checkpoint has no class names)")
+            raise UserError(f"unknown class {label!r}; pass an index 0..{num_classes - 1} or a class name, "
+                            f"{known}") from None
+    if isinstance(label, bool) or not isinstance(label, numbers.Integral):
+        raise UserError(f"class {label!r} must be an index or a class name")
+    if not 0 <= label < num_classes:
+        raise UserError(f"class index {label} is out of range; this GPT has classes 0..{num_classes - 1}")
+    return int(label)
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """Logits (..., V) with -inf outside the top_k, then outside the top_p nucleus; None means off."""
+    if top_k is not None:  # exactly k survive, ties or not
+        values, indices = logits.topk(top_k, dim=-1)
+        logits = torch.full_like(logits, -math.inf).scatter(-1, indices, values)
+    if top_p is not None and top_p < 1.0:  # p = 1 keeps all, even tokens whose probability rounds to 0
+        # Nucleus sampling (Holtzman et al. 2020): the smallest set of most likely tokens whose probability
+        # reaches top_p. A token goes when those ranked above it already reach it, so the top one always stays.
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        drop_sorted = probs.cumsum(dim=-1) - probs >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
+        logits = logits.masked_fill(drop, -math.inf)
+    return logits
+
+
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One token per row, (B,), drawn from logits (B, V) divided by temperature, then filtered."""
+    logits = filter_logits(logits.float() / temperature, top_k, top_p)
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Generation
+
+
+@dataclass
+class _Run:
+    """What both loops need, checked: the output buffer and what the model is fed."""
+
+    tokens: torch.Tensor  # (B, T) long: the prefix, then positions still to sample
+    start: int  # P, the first position to sample
+    cond: torch.Tensor | None  # (B,) labels, or (2B,) [labels; null class] with guidance, or None
+    copies: int  # 2 with guidance: the batch runs conditional and unconditional at once
+    generator: torch.Generator | None
+
+
+def _prepare(model: nn.Module, num_samples: int, cond: torch.Tensor | int | None, temperature: float,
+             top_k: int | None, top_p: float | None, cfg_scale: float | None, seed: int | None,
+             prefix: torch.Tensor | None) -> _Run:
+    config = model.config
+    check_sampling_args(config.vocab_size, temperature, top_k, top_p, cfg_scale, config.num_classes)
+    if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral) or num_samples < 1:
+        raise UserError(f"num_samples={num_samples} must be a positive integer")
+    device = next(model.parameters()).device
+    batch, block_size = int(num_samples), config.block_size
+    if cond is not None:
+        if config.num_classes == 0:
+            raise UserError("this GPT is unconditional (num_classes=0); sample without a class label")
+        cond = torch.as_tensor(cond, dtype=torch.long, device=device)
+        cond = cond.expand(batch) if cond.ndim == 0 else cond
+        if cond.shape != (batch,):
+            raise UserError(f"cond has shape {tuple(cond.shape)}; give one class, or one per sample ({batch},)")
+        if cond.min() < 0 or cond.max() >= config.num_classes:
+            raise UserError(f"class labels {cond.min().item()}..{cond.max().item()} out of range; "
+                            f"this GPT has classes 0..{config.num_classes - 1}")
+    if cfg_scale is not None:
+        if cond is None:
+            raise UserError("sampling.cfg_scale needs class labels to guide towards; pass a class, or set "
+                            "sampling.cfg_scale=null")
+        cond = torch.cat([cond, torch.full_like(cond, model.null_class)])
+    tokens = torch.zeros(batch, block_size, dtype=torch.long, device=device)
+    start = 0
+    if prefix is not None:
+        prefix = torch.as_tensor(prefix, device=device)
+        if prefix.ndim != 2 or prefix.size(0) != batch or prefix.size(1) >= block_size:
+            raise UserError(f"prefix has shape {tuple(prefix.shape)}; it must be (num_samples={batch}, P) "
+                            f"with P < {block_size} tokens per image")
+        if prefix.numel() and (prefix.min() < 0 or prefix.max() >= config.vocab_size):
+            raise UserError(f"prefix tokens must be in 0..{config.vocab_size - 1}; were they made by another "
+                            "tokenizer?")
+        start = prefix.size(1)
+        tokens[:, :start] = prefix
+    generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
+    return _Run(tokens, start, cond, 2 if cfg_scale is not None else 1, generator)
+
+
+def _guide(logits: torch.Tensor, cfg_scale: float | None) -> torch.Tensor:
+    """Classifier-free guidance (Ho & Salimans 2022) over the doubled batch [cond; null]: u + s * (c - u)."""
+    if cfg_scale is None:
+        return logits
+    cond_logits, uncond_logits = logits.chunk(2)
+    return uncond_logits + cfg_scale * (cond_logits - uncond_logits)
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Sample without dropout or label dropout; give a model called mid-training back in its own mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    num_samples: int,
+    cond: torch.Tensor | int | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    cfg_scale: float | None = None,
+    seed: int | None = None,
+    prefix: torch.Tensor | None = None,
+    use_cache: bool = True,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """(num_samples, block_size) tokens, after `prefix` (B, P) if given; KV cache: one prefill, then a token a step.
+
+    cond: one class index or (B,) indices; None = unconditional (the null class on a conditional GPT).
+    cfg_scale: classifier-free guidance, None = off; seed: a torch.Generator of its own, None = global RNG.
+    """
+    if not use_cache:
+        return generate_nocache(model, num_samples, cond, temperature, top_k, top_p, cfg_scale, seed, prefix,
+                                callback=callback)
+    run = _prepare(model, num_samples, cond, temperature, top_k, top_p, cfg_scale, seed, prefix)
+    tokens, block_size = run.tokens, model.config.block_size
+    with _eval_mode(model):
+        cache = model.new_cache()
+        logits = model.prefill(run.cond, tokens[:, :run.start].repeat(run.copies, 1), cache)  # (B', V)
+        for t in range(run.start, block_size):
+            logits = _guide(logits.float(), cfg_scale)  # (B, V)
+            tokens[:, t] = sample_next(logits, temperature, top_k, top_p, run.generator)
+            if callback is not None:
+                callback(t, tokens[:, :t + 1], logits)
+            if t + 1 < block_size:  # the last token is never fed back
+                logits = model.decode_one(tokens[:, t].repeat(run.copies), cache)
+    return tokens
+
+
+@torch.no_grad()
+def generate_nocache(
+    model: nn.Module,
+    num_samples: int,
+    cond: torch.Tensor | int | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    cfg_scale: float | None = None,
+    seed: int | None = None,
+    prefix: torch.Tensor | None = None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """`generate` without a cache, rerunning the whole sequence for every token: the test oracle."""
+    run = _prepare(model, num_samples, cond, temperature, top_k, top_p, cfg_scale, seed, prefix)
+    tokens = run.tokens
+    with _eval_mode(model):
+        for t in range(run.start, model.config.block_size):
+            # logits[:, t] sees tokens[:, :t] only, so slot t (not sampled yet) is never read.
+            logits = model(tokens[:, :t + 1].repeat(run.copies, 1), run.cond)[0][:, t]  # (B', V)
+            logits = _guide(logits.float(), cfg_scale)
+            tokens[:, t] = sample_next(logits, temperature, top_k, top_p, run.generator)
+            if callback is not None:
+                callback(t, tokens[:, :t + 1], logits)
+    return tokens
