@@ -10,7 +10,6 @@ class), checkpoints/last (the GPT checkpoint sample.py reads).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 from pathlib import Path
@@ -27,7 +26,7 @@ from vqgpt.gpt import GPT
 from vqgpt.images import save_grid
 from vqgpt.loggers import build_logger, progress
 from vqgpt.optim import adamw, lr_at, set_lr
-from vqgpt.runtime import pick_device, resolve_out_dir, save_resolved_config, seed_everything, user_errors
+from vqgpt.runtime import autocast, pick_device, resolve_out_dir, save_resolved_config, seed_everything, user_errors
 from vqgpt.sampling import generate
 from vqgpt.token_cache import TokenDataset, prepare_token_cache
 
@@ -99,8 +98,7 @@ def train(run: TrainGPTRun, out_dir: Path, config: dict) -> dict:
         start = state["step"]
 
     logger = build_logger(run.logger, out_dir, config)
-    use_bf16 = device.type == "cuda" and t.precision == "bf16"
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+    mixed = autocast(device, t.precision)
     generator = torch.Generator().manual_seed(t.seed + start)
     train_loader = DataLoader(train_set, batch_size=t.batch_size, shuffle=True, drop_last=True,
                               num_workers=t.num_workers, generator=generator)
@@ -122,7 +120,7 @@ def train(run: TrainGPTRun, out_dir: Path, config: dict) -> dict:
         for _ in range(t.grad_accum):  # gradient accumulation: the mean over grad_accum micro-batches
             tokens, labels = next(batches)
             tokens = tokens.to(device, non_blocking=True)
-            with autocast:
+            with mixed:
                 _, loss = model(tokens, labels.to(device) if conditional else None, targets=tokens)
             (loss / t.grad_accum).backward()
         if t.grad_clip:

@@ -10,7 +10,6 @@ below), checkpoints/last (the tokenizer checkpoint the GPT stage reads) and eval
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ from vqgpt.losses import LPIPS_MIN_SIZE, VQGANLoss
 from vqgpt.lpips_weights import build_lpips
 from vqgpt.metrics import CodebookStats, lpips_distance, psnr, ssim
 from vqgpt.optim import adamw, lr_at, set_lr
-from vqgpt.runtime import pick_device, resolve_out_dir, save_resolved_config, seed_everything, user_errors
+from vqgpt.runtime import autocast, pick_device, resolve_out_dir, save_resolved_config, seed_everything, user_errors
 from vqgpt.vqgan import VQGAN
 
 register_configs()
@@ -127,8 +126,7 @@ def train(run: TrainTokenizerRun, out_dir: Path, config: dict) -> dict:
         start = state["step"]
 
     logger = build_logger(run.logger, out_dir, config)
-    use_bf16 = device.type == "cuda" and t.precision == "bf16"
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+    mixed = autocast(device, t.precision)
     fixed = torch.stack([test_set[i][0] for i in range(min(8, len(test_set)))]).to(device)
     data = batches(train_set, t.batch_size, t.num_workers, t.seed + start)
     n_params = sum(p.numel() for p in model.parameters())
@@ -145,7 +143,7 @@ def train(run: TrainTokenizerRun, out_dir: Path, config: dict) -> dict:
         x = next(data).to(device, non_blocking=True)
 
         # Generator (autoencoder + codebook) step.
-        with autocast:
+        with mixed:
             x_rec, q = model(x)
             loss, logs = criterion.generator_loss(x, x_rec, q.loss, step, model.last_layer)
         opt_g.zero_grad(set_to_none=True)
@@ -156,7 +154,7 @@ def train(run: TrainTokenizerRun, out_dir: Path, config: dict) -> dict:
 
         # Discriminator step, from disc_start on (taming's two optimizers, one after the other).
         if criterion.gan_active(step):
-            with autocast:
+            with mixed:
                 d_loss, d_logs = criterion.discriminator_loss(x, x_rec.detach(), step)
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()

@@ -207,7 +207,7 @@ def _break(tmp_path: Path, case: str) -> Path:
     elif case == "future_version":
         edit_config(path, format_version=checkpoint.FORMAT_VERSION + 1)
     elif case == "unknown_stage":
-        edit_config(path, stage="classifier")
+        edit_config(path, stage="diffusion")
     elif case == "unknown_arch":
         edit_config(path, arch="not_registered")
     elif case == "unknown_config_key":
@@ -228,7 +228,7 @@ NOT_A_CHECKPOINT = {
     "corrupt_json": "not valid JSON",
     "foreign_json": "not a vqgpt checkpoint",
     "future_version": "upgrade vqgpt",
-    "unknown_stage": "unknown stage 'classifier'",
+    "unknown_stage": "unknown stage 'diffusion'",
     "unknown_arch": "unknown arch 'not_registered'",
     "unknown_config_key": "unknown keys for HeadConfig: ln",
     "no_weights": "has no model.safetensors",

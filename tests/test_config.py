@@ -73,6 +73,7 @@ def test_primary_configs_compose_to_their_schemas():
     _compose("train_gpt")
     _compose("sample", ["checkpoint_vae=a", "checkpoint_gpt=b"])
     _compose("inspect_data", ["dataset=patterns"])
+    to_object(_compose("train_classifier", ["dataset=patterns"]))
 
 
 def test_quantizer_subgroup_override():

@@ -49,12 +49,13 @@ COMMON_FIELDS = ("dataset", "image_size", "channels", "num_classes", "class_name
 STAGE_FIELDS: dict[str, tuple[str, ...]] = {
     "tokenizer": ("codebook_size", "latent_grid"),  # latent_grid: [h, w] tokens per image
     "gpt": ("vocab_size", "block_size"),
+    "classifier": (),  # scores images of the common fields' size, channels and classes
 }
 WRITTEN_HERE = ("format_version", "stage", "arch", "step", "model_config", "weights_sha256", "versions")
 _FIX = "pass a checkpoint directory (config.json + model.safetensors) written by vqgpt"
 
 # Where vqgpt's own architectures live, so loading one needs no import by the caller.
-BUILTIN_ARCHS = {"vqgan": "vqgpt.vqgan", "gpt": "vqgpt.gpt"}
+BUILTIN_ARCHS = {"vqgan": "vqgpt.vqgan", "gpt": "vqgpt.gpt", "classifier": "vqgpt.classifier"}
 
 T = TypeVar("T")
 M = TypeVar("M", bound=nn.Module)

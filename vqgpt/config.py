@@ -117,6 +117,19 @@ class GPTConfig:
 
 
 @dataclass
+class ClassifierConfig:
+    """Small CNN image classifier (vqgpt/classifier.py): scores samples for classifier-rejection sampling."""
+
+    name: str = "classifier"
+    # Facts of the data; the YAML sets them from ${dataset.*}.
+    in_channels: int = 3
+    image_size: int = 32
+    num_classes: int = 10
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64])  # per level; each later level halves the side
+    dropout: float = 0.1  # before the linear head
+
+
+@dataclass
 class TrainerConfig:
     """The plain training loop's knobs."""
 
@@ -163,6 +176,7 @@ class SamplingConfig:
     cfg_scale: float | None = None
     seed: int = 0
     class_label: str | None = None  # index or name; None = every class in turn
+    accept_n: int | None = None  # classifier rejection: best of N candidates per image; None or 1 = off
 
 
 @dataclass
@@ -200,10 +214,27 @@ class SampleRun:
     checkpoint_vae: str | None = None
     checkpoint_gpt: str | None = None
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    checkpoint_classifier: str | None = None  # scores candidates when sampling.accept_n > 1
     device: str = "auto"
     out_dir: str = "."
-    gif: bool = False
-    completion: bool = False
+    batch_size: int = 256  # sequences generated at once (accept_n multiplies the images asked for)
+    gif: bool = False  # decoding.gif: the image appearing token by token
+    gif_samples: int = 4  # side by side in the GIF
+    gif_every: int | None = None  # tokens between frames; None = one row of the token grid
+    completion: bool = False  # completion.png: the bottom half of real test images, sampled
+    completion_images: int = 4  # test images (rows of the figure)
+    completion_samples: int = 4  # completions per image (columns between input and original)
+
+
+@dataclass
+class TrainClassifierRun:
+    """`scripts/train_classifier.py`: the classifier behind sample.py's sampling.accept_n."""
+
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    out_dir: str = "."
 
 
 @dataclass
@@ -223,6 +254,7 @@ SCHEMAS = {
     "train_tokenizer_schema": TrainTokenizerRun,
     "train_gpt_schema": TrainGPTRun,
     "sample_schema": SampleRun,
+    "train_classifier_schema": TrainClassifierRun,
     "inspect_data_schema": InspectDataRun,
 }
 def register_configs() -> None:

@@ -62,6 +62,15 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when `precision` is bf16; full precision otherwise (CPU autocast is slow)."""
+    if precision not in ("bf16", "fp32"):
+        raise UserError(f"trainer.precision={precision!r} is not one of bf16, fp32")
+    if device.type == "cuda" and precision == "bf16":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (all devices)."""
     random.seed(seed)
