@@ -19,6 +19,11 @@ demo: $(VENV)/.installed
 	$(PY) scripts/inspect_data.py dataset=fashionmnist_small hydra.run.dir=outputs/demo/data
 	$(PY) scripts/install_lpips_weights.py  # offline VGG16 for LPIPS (kept if torchvision's own file is there)
 	$(PY) scripts/train_tokenizer.py experiment=tokenizer_demo hydra.run.dir=outputs/demo/tokenizer
+	$(PY) scripts/train_gpt.py experiment=gpt_demo checkpoint_vae=outputs/demo/tokenizer/checkpoints/last \
+		hydra.run.dir=outputs/demo/gpt
+	$(PY) scripts/sample.py checkpoint_vae=outputs/demo/tokenizer/checkpoints/last \
+		checkpoint_gpt=outputs/demo/gpt/checkpoints/last sampling.num_samples=8 gif=true completion=true \
+		hydra.run.dir=outputs/demo/samples
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check vqgpt scripts tests
