@@ -106,6 +106,10 @@ def test_train_gpt_smoke_run_builds_the_cache_and_a_loadable_checkpoint(tmp_path
     rows = [json.loads(line) for line in (tmp_path / "gpt" / "metrics.jsonl").read_text().splitlines()]
     assert any("val/bits_per_token" in r for r in rows)
     assert (tmp_path / "gpt" / "samples" / "step_0000004.png").exists()
+    codes = run_script("extract_codes.py", f"checkpoint_vae={vae}", f"cache_dir={tmp_path / 'codes'}",
+                       f"hydra.run.dir={tmp_path / 'x'}", cwd=tmp_path)
+    assert codes.returncode == 0, codes.stderr
+    assert json.loads((tmp_path / "codes" / "header.json").read_text())["splits"] == {"train": 64, "test": 16}
 
 
 def test_train_gpt_without_a_tokenizer_is_one_line_error(tmp_path):
