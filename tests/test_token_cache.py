@@ -35,6 +35,7 @@ def test_cache_equals_tokenizing_on_the_fly(tmp_path):
     model = make_tokenizer(tmp_path / "tok")
     cache, header = prepare_token_cache(str(tmp_path / "tok"), None, None)
     assert cache.parent == tmp_path and header["grid"] == [4, 4] and header["codebook_size"] == 32
+    assert cache.name == f"token_cache_patterns_8_{header['tokenizer_hash'][:8]}"
     assert header["splits"] == {"train": 24, "test": 8}
     for split in ("train", "test"):
         images = torch.stack([img for img, _ in build_dataset(DATA, split, train=False)])
@@ -55,6 +56,14 @@ def test_hflip_copies_follow_all_originals(tmp_path):
     with torch.no_grad():
         flipped = model.tokenize(image.flip(-1)[None]).flatten()
     assert torch.equal(TokenDataset(cache, "train")[24][0], flipped)
+
+
+def test_retrained_tokenizer_in_the_same_place_gets_its_own_default_cache(tmp_path):
+    make_tokenizer(tmp_path / "tok", seed=0)
+    first, _ = prepare_token_cache(str(tmp_path / "tok"), None, None)
+    make_tokenizer(tmp_path / "tok", seed=1)  # retrained, saved over the old checkpoint
+    second, header = prepare_token_cache(str(tmp_path / "tok"), None, None)
+    assert second != first and read_header(first)["tokenizer_hash"] != header["tokenizer_hash"]
 
 
 def test_cache_from_another_tokenizer_is_refused(tmp_path):

@@ -130,8 +130,10 @@ class TokenDataset(Dataset):
 
 
 def default_cache_dir(tokenizer_path: str | Path, data_cfg: DatasetConfig, hflip_copies: bool) -> Path:
-    """Beside the tokenizer checkpoint, named after the data it holds."""
+    """Beside the tokenizer checkpoint, named after the data and the tokenizer's weights: a retrained
+    tokenizer saved to the same place gets a cache of its own instead of a refusal."""
     name = f"token_cache_{data_cfg.name}_{data_cfg.image_size}" + ("_flip" if hflip_copies else "")
+    name += f"_{checkpoint_hash(tokenizer_path)[:8]}"
     return Path(tokenizer_path).resolve().parent / name
 
 
