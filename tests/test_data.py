@@ -17,9 +17,10 @@ import scipy.io
 import torch
 from PIL import Image
 
-from vqgpt import data, safe_pickle
+from vqgpt import safe_pickle
 from vqgpt.config import CONFIG_DIR, DatasetConfig
 from vqgpt.data import DATASETS, build_dataset, dataset_info, read_idx
+from vqgpt.data import datasets as data
 from vqgpt.errors import UserError
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")

@@ -10,8 +10,7 @@ import torch
 from vqgpt.checkpoint import load_model, save_checkpoint
 from vqgpt.config import GPTConfig
 from vqgpt.errors import UserError
-from vqgpt.gpt import GPT
-from vqgpt.sampling import (
+from vqgpt.generate.sampling import (
     check_sampling_args,
     filter_logits,
     generate,
@@ -19,6 +18,7 @@ from vqgpt.sampling import (
     resolve_class,
     sample_next,
 )
+from vqgpt.models.gpt import GPT
 
 VOCAB, BLOCK, CLASSES, BATCH = 17, 12, 3, 4
 

@@ -9,7 +9,7 @@ import torch
 
 from vqgpt.config import LoggerConfig
 from vqgpt.errors import UserError
-from vqgpt.loggers import Logger, build_logger, resolve_wandb_mode
+from vqgpt.train.loggers import Logger, build_logger, resolve_wandb_mode
 
 
 @pytest.fixture

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import torch
 
-from vqgpt import lpips_weights
 from vqgpt.errors import UserError
-from vqgpt.lpips_weights import build_lpips, convert, hub_path, install_vgg16_weights, install_weights
+from vqgpt.eval import lpips as lpips_weights
+from vqgpt.eval.lpips import build_lpips, convert, hub_path, install_vgg16_weights, install_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 

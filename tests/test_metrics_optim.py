@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from vqgpt.metrics import CodebookStats, psnr, ssim
-from vqgpt.optim import adamw, lr_at
+from vqgpt.eval.metrics import CodebookStats, psnr, ssim
+from vqgpt.train.optim import adamw, lr_at
 
 
 def test_psnr_matches_the_definition():
@@ -46,13 +46,33 @@ def test_lr_schedule_warms_up_then_decays_to_min():
     assert lrs[115] == 0.1
 
 
-def test_adamw_decays_matrices_only_and_steps_tied_weights_once():
+def test_adamw_decays_layer_weights_only_and_steps_tied_weights_once():
     emb = nn.Embedding(5, 4)
     head = nn.Linear(4, 5, bias=True)
-    head.weight = emb.weight  # tied
+    head.weight = emb.weight  # tied: a table of codes, so not decayed
+    proj = nn.Linear(4, 4)
     norm = nn.LayerNorm(4)
-    opt = adamw([emb, head, norm], lr=1e-3, betas=[0.9, 0.95], weight_decay=0.1)
+    opt = adamw([emb, head, proj, norm], lr=1e-3, betas=[0.9, 0.95], weight_decay=0.1)
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
-    assert len(decay["params"]) == 1  # the tied matrix, once
-    assert {p.dim() for p in no_decay["params"]} == {1}
+    assert decay["params"] == [proj.weight]
+    assert sum(p is emb.weight for p in no_decay["params"]) == 1  # the tied matrix, once
+
+
+def test_weight_decay_spares_vq_codebooks_and_gpt_embeddings():
+    """Regression: every 2-D parameter used to be decayed, the learned VQ codebook included."""
+    from vqgpt.config import GPTConfig, VQConfig, VQGANConfig
+    from vqgpt.models.gpt import GPT
+    from vqgpt.tokenizers.vqgan.model import VQGAN
+
+    vqgan = VQGAN(VQGANConfig(image_size=8, channels=8, ch_mult=[1, 2], num_res_blocks=1, z_channels=4, embed_dim=4,
+                              quantizer=VQConfig(num_codewords=8, embedding_dim=4)))
+    decay, no_decay = adamw(vqgan, lr=1e-3, betas=[0.9, 0.95], weight_decay=0.1).param_groups
+    assert any(p is vqgan.quantizer.codebook for p in no_decay["params"])
+    assert not any(p is vqgan.quantizer.codebook for p in decay["params"])
+    assert any(p is vqgan.encoder.conv_in.weight for p in decay["params"])
+    gpt = GPT(GPTConfig(vocab_size=8, block_size=4, num_classes=2, n_layer=1, n_head=2, n_embd=8))
+    decay, no_decay = adamw(gpt, lr=1e-3, betas=[0.9, 0.95], weight_decay=0.1).param_groups
+    embeddings = {id(m.weight) for m in gpt.modules() if isinstance(m, nn.Embedding)}
+    assert embeddings and not embeddings & {id(p) for p in decay["params"]}
+    assert len(decay["params"]) == sum(isinstance(m, nn.Linear) for m in gpt.modules()) - gpt.config.tie_weights

@@ -1,4 +1,4 @@
-"""Quantizer invariants on tiny tensors, parametrized over the options of QuantizerConfig."""
+"""Quantizer invariants on tiny tensors, parametrized over the options of VQConfig and FSQConfig."""
 
 from __future__ import annotations
 
@@ -12,15 +12,18 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
-from vqgpt.config import CONFIG_DIR, QuantizerConfig, register_configs, to_object
+from vqgpt.config import CONFIG_DIR, FSQConfig, VQConfig, register_configs, to_object
 from vqgpt.errors import UserError
-from vqgpt.quantize import Quantizer, build_quantizer, rotate_to
+from vqgpt.tokenizers.quantizers import Quantizer, build_quantizer
+from vqgpt.tokenizers.quantizers.vq import rotate_to
 
 K, D = 16, 8
 
 
 def make(**kw) -> Quantizer:
-    return build_quantizer(QuantizerConfig(**{"num_codewords": K, "embedding_dim": D, **kw}))
+    if kw.pop("name", "vq") == "fsq":
+        return build_quantizer(FSQConfig(**{"embedding_dim": D, **kw}))
+    return build_quantizer(VQConfig(**{"num_codewords": K, "embedding_dim": D, **kw}))
 
 
 def latents(q: Quantizer | None = None, b: int = 2, h: int = 3, w: int = 3, seed: int = 0) -> torch.Tensor:
@@ -60,8 +63,8 @@ VQ_CASES = {
                        gradient="rotation"),
 }
 FSQ_CASES = {
-    "fsq_projected": dict(name="fsq", levels=[3, 4, 5], num_codewords=60),  # D = 8 -> 3 channels -> 8
-    "fsq_direct": dict(name="fsq", levels=[4, 3], num_codewords=12, embedding_dim=2),
+    "fsq_projected": dict(name="fsq", levels=[3, 4, 5]),  # D = 8 -> 3 channels -> 8
+    "fsq_direct": dict(name="fsq", levels=[4, 3], embedding_dim=2),
 }
 ALL_CASES = {**VQ_CASES, **FSQ_CASES}
 all_cases = pytest.mark.parametrize("kw", list(ALL_CASES.values()), ids=list(ALL_CASES))
@@ -290,7 +293,7 @@ def test_penalty_spreads_usage_on_a_collapsing_toy():
 
 
 def test_fsq_indices_are_a_bijection_onto_the_grid():
-    q = make(name="fsq", levels=[3, 4, 5], num_codewords=60, embedding_dim=3)  # no projection
+    q = make(name="fsq", levels=[3, 4, 5], embedding_dim=3)  # no projection
     assert q.num_codewords == 60
     idx = torch.arange(60).view(1, 6, 10)
     codes = q.dequantize(idx)  # (1, 3, 6, 10)
@@ -307,7 +310,6 @@ def test_fsq_indices_are_a_bijection_onto_the_grid():
 
 
 @pytest.mark.parametrize("kw,message", [
-    (dict(name="pq"), r"tokenizer\.quantizer\.name='pq' is invalid: choose one of fsq, vq"),
     (dict(num_codewords=0), r"num_codewords=0 is invalid"),
     (dict(init_method="zeros"), r"init_method='zeros' is invalid: choose one of random, uniform, latent_random"),
     (dict(gradient="gumbel"), r"gradient='gumbel' is invalid: choose one of ste, rotation"),
@@ -324,9 +326,7 @@ def test_fsq_indices_are_a_bijection_onto_the_grid():
     (dict(penalty_sample_weight=-1.0), r"penalty_sample_weight=-1.0 is invalid"),
     (dict(penalty_temperature=0.0), r"penalty_temperature=0.0 is invalid"),
     (dict(usage_window=0), r"usage_window=0 is invalid"),
-    (dict(name="fsq", levels=[3, 4, 5]), r"num_codewords=16 is invalid: .*prod\(levels\)=60; set it to that"),
     (dict(name="fsq", levels=[1, 16]), r"levels=\[1, 16\] is invalid"),
-    (dict(name="fsq", levels=[4, 4], decay=0.9), r"decay=0.9 is invalid: applies to name=vq only"),
 ])
 def test_bad_config_gives_one_line_error_naming_the_key(kw, message):
     with pytest.raises(UserError, match=message) as err:
@@ -367,6 +367,34 @@ def test_every_preset_builds(preset):
     q = build_quantizer(to_object(cfg.tokenizer.quantizer))
     z = torch.randn(1, q.cfg.embedding_dim, 2, 2)
     assert q(z).z_q.shape == z.shape
+
+
+@pytest.mark.parametrize("override,schema", [("tokenizer.quantizer.levels=[4,4]", "VQConfig"),
+                                             ("tokenizer/quantizer=fsq tokenizer.quantizer.decay=0.9", "FSQConfig"),
+                                             ("tokenizer/quantizer=fsq tokenizer.quantizer.num_codewords=8",
+                                              "FSQConfig")])
+def test_a_key_of_another_quantizer_fails_at_compose_time(override, schema):
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        with pytest.raises(Exception, match="Could not override") as err:
+            compose(config_name="train_tokenizer", overrides=override.split())
+    assert f"not in '{schema}'" in str(err.value.__cause__)
+
+
+def test_keyword_arguments_take_the_config_defaults_and_override_them():
+    from vqgpt import FSQ, VectorQuantize
+
+    vq = VectorQuantize(num_codewords=32, embedding_dim=16, cos_dist=True, proj_dim=4, penalty_weight=0.1,
+                        init_method="latent_random")
+    expected = VQConfig(num_codewords=32, embedding_dim=16, cos_dist=True, proj_dim=4, penalty_weight=0.1,
+                        init_method="latent_random")
+    assert vq.cfg == expected and vq.cfg.beta == VQConfig().beta
+    assert VectorQuantize(VQConfig(num_codewords=8), embedding_dim=4).cfg == VQConfig(num_codewords=8, embedding_dim=4)
+    assert FSQ(levels=[3, 3], embedding_dim=4).num_codewords == 9
+    with pytest.raises(TypeError, match="levels"):
+        VectorQuantize(levels=[3, 3])
+    with pytest.raises(UserError, match=r"proj_dim=16 is invalid"):
+        VectorQuantize(embedding_dim=16, proj_dim=16)
 
 
 # --- distributed: 2 gloo processes on CPU

@@ -1,75 +1,23 @@
-"""scripts/sample.py and scripts/train_classifier.py: outputs, completion prefix, rejection choice, errors."""
+"""The sampling pipeline (vqgpt.generate.pipeline) and scripts/sample.py, train_classifier.py: outputs,
+completion prefix, rejection choice, errors."""
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import PATTERNS as DATA
+from conftest import one_error_line
 from PIL import Image
 from torch import nn
 
-from vqgpt.checkpoint import load_checkpoint, save_checkpoint
-from vqgpt.classifier import best_of, class_scores
-from vqgpt.config import DatasetConfig, GPTConfig, QuantizerConfig, SampleRun, TokenizerConfig
-from vqgpt.data import build_dataset, dataset_info
-from vqgpt.gpt import GPT
-from vqgpt.vqgan import VQGAN
-
-ROOT = Path(__file__).resolve().parent.parent
-DATA = DatasetConfig(name="patterns", image_size=8, channels=3, num_classes=6, num_train=24, num_test=8,
-                     class_names=["checkerboard", "horizontal_stripes", "vertical_stripes", "diagonal_stripes",
-                                  "circle", "square"])
-_spec = importlib.util.spec_from_file_location("sample_script", ROOT / "scripts" / "sample.py")
-sample_script = sys.modules["sample_script"] = importlib.util.module_from_spec(_spec)  # dataclasses need it
-_spec.loader.exec_module(sample_script)
-
-
-def make_tokenizer(path: Path) -> VQGAN:
-    torch.manual_seed(0)
-    cfg = TokenizerConfig(in_channels=3, image_size=8, channels=8, ch_mult=[1, 2], num_res_blocks=1, z_channels=8,
-                          embed_dim=4, quantizer=QuantizerConfig(num_codewords=32, embedding_dim=4))
-    model = VQGAN(cfg).eval()  # 4x4 tokens of K=32
-    meta = {**dataset_info(DATA), "codebook_size": 32, "latent_grid": list(model.latent_grid),
-            "data_config": dataclasses.asdict(DATA)}
-    save_checkpoint(path, model, stage="tokenizer", arch="vqgan", meta=meta, step=0)
-    return model
-
-
-def make_gpt(path: Path, vocab_size: int = 32, grid: int = 4) -> GPT:
-    torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=vocab_size, block_size=grid * grid, num_classes=6, n_layer=1, n_head=2, n_embd=16)
-    model = GPT(cfg).eval()
-    meta = {**dataset_info(DATA), "vocab_size": vocab_size, "block_size": grid * grid, "latent_grid": [grid, grid]}
-    save_checkpoint(path, model, stage="gpt", arch="gpt", meta=meta, step=0)
-    return model
-
-
-def run_script(name: str, *overrides: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HOME": str(cwd), "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / name), *overrides], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("ckpts")
-    make_tokenizer(root / "tok")
-    make_gpt(root / "gpt")
-    make_gpt(root / "gpt_other", vocab_size=16, grid=3)
-    return root
-
-
-def one_error_line(out: subprocess.CompletedProcess) -> str:
-    assert out.returncode == 2, out.stderr
-    lines = [line for line in out.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
-    return lines[0]
+from vqgpt.checkpoint import load_checkpoint
+from vqgpt.config import SampleRun
+from vqgpt.data import build_dataset
+from vqgpt.generate import pipeline
+from vqgpt.models.classifier import best_of, class_scores
 
 
 def written(run_dir: Path) -> list[str]:
@@ -77,8 +25,8 @@ def written(run_dir: Path) -> list[str]:
     return [p.name for p in run_dir.glob("*") if p.name != ".hydra" and p.suffix != ".log"]
 
 
-def test_sample_writes_grid_images_gif_and_completion(ckpts, tmp_path):
-    out = run_script("sample.py", f"checkpoint_vae={ckpts / 'tok'}", f"checkpoint_gpt={ckpts / 'gpt'}",
+def test_sample_writes_grid_images_gif_and_completion(tiny_ckpts, tmp_path, run_script):
+    out = run_script("sample.py", f"checkpoint_vae={tiny_ckpts / 'tok'}", f"checkpoint_gpt={tiny_ckpts / 'gpt'}",
                      "sampling.num_samples=2", "sampling.top_k=8", "gif=true", "completion=true",
                      "completion_images=3", "completion_samples=2", "device=cpu", f"hydra.run.dir={tmp_path}",
                      cwd=tmp_path)
@@ -94,17 +42,17 @@ def test_sample_writes_grid_images_gif_and_completion(ckpts, tmp_path):
     assert (tmp_path / "config.yaml").is_file()
 
 
-def test_completion_keeps_the_real_top_half(ckpts):
-    tokenizer = load_checkpoint(ckpts / "tok").model
-    gpt = load_checkpoint(ckpts / "gpt").model
-    models = sample_script.Models(tokenizer, gpt, DATA.class_names, dataclasses.asdict(DATA))
+def test_completion_keeps_the_real_top_half(tiny_ckpts):
+    tokenizer = load_checkpoint(tiny_ckpts / "tok").model
+    gpt = load_checkpoint(tiny_ckpts / "gpt").model
+    models = pipeline.Models(tokenizer, gpt, DATA.class_names, dataclasses.asdict(DATA))
     data = build_dataset(DATA, "test", train=False)
     images = torch.stack([data[i][0] for i in range(3)])
     labels = torch.tensor([data[i][1] for i in range(3)])
-    real, samples = sample_script.complete(models, images, labels, 2, SampleRun().sampling)
+    real, samples = pipeline.complete(models, images, labels, 2, SampleRun().sampling)
     assert torch.equal(real, tokenizer.tokenize(images)) and samples.shape == (3, 2, 4, 4)
     assert torch.equal(samples[:, :, :2], real[:, None, :2].expand(-1, 2, -1, -1))  # top half kept exactly
-    assert sample_script.completion_prefix(real).shape == (3, 8)
+    assert pipeline.completion_prefix(real).shape == (3, 8)
 
 
 class MeanClassifier(nn.Module):
@@ -128,27 +76,27 @@ def test_rejection_keeps_the_candidate_the_classifier_scores_highest():
 
 
 def test_image_names_are_per_class_and_file_safe():
-    assert sample_script.image_names([0, 0, 1], 3, ["T-shirt/top", "Bag"]) == ["T-shirt_top_0.png",
+    assert pipeline.image_names([0, 0, 1], 3, ["T-shirt/top", "Bag"]) == ["T-shirt_top_0.png",
                                                                                "T-shirt_top_1.png", "Bag_0.png"]
-    assert sample_script.image_names(None, 2, None) == ["sample_0.png", "sample_1.png"]
+    assert pipeline.image_names(None, 2, None) == ["sample_0.png", "sample_1.png"]
 
 
-def test_mismatched_pair_is_one_line_naming_vocab_and_block(ckpts, tmp_path):
-    out = run_script("sample.py", f"checkpoint_vae={ckpts / 'tok'}", f"checkpoint_gpt={ckpts / 'gpt_other'}",
+def test_mismatched_pair_is_one_line_naming_vocab_and_block(tiny_ckpts, tmp_path, run_script):
+    out = run_script("sample.py", f"checkpoint_vae={tiny_ckpts / 'tok'}", f"checkpoint_gpt={tiny_ckpts / 'gpt_other'}",
                      "device=cpu", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     line = one_error_line(out)
     assert "vocab_size=16" in line and "K=32" in line and "block_size=9" in line and "4x4" in line
     assert not written(tmp_path / "run")
 
 
-def test_invalid_temperature_is_one_line_and_writes_nothing(ckpts, tmp_path):
-    out = run_script("sample.py", f"checkpoint_vae={ckpts / 'tok'}", f"checkpoint_gpt={ckpts / 'gpt'}",
+def test_invalid_temperature_is_one_line_and_writes_nothing(tiny_ckpts, tmp_path, run_script):
+    out = run_script("sample.py", f"checkpoint_vae={tiny_ckpts / 'tok'}", f"checkpoint_gpt={tiny_ckpts / 'gpt'}",
                      "sampling.temperature=0", "device=cpu", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert "sampling.temperature=0" in one_error_line(out)
     assert not written(tmp_path / "run")
 
 
-def test_train_classifier_then_rejection_sampling_by_class_name(ckpts, tmp_path):
+def test_train_classifier_then_rejection_sampling_by_class_name(tiny_ckpts, tmp_path, run_script):
     out = run_script("train_classifier.py", "dataset=patterns", "dataset.image_size=8", "dataset.num_train=64",
                      "dataset.num_test=16", "classifier.channels=[8,8]", "trainer=debug",
                      f"hydra.run.dir={tmp_path / 'clf'}", cwd=tmp_path)
@@ -158,7 +106,7 @@ def test_train_classifier_then_rejection_sampling_by_class_name(ckpts, tmp_path)
     assert ckpt.meta["num_classes"] == 6 and ckpt.meta["image_size"] == 8 and ckpt.meta["channels"] == 3
     assert ckpt.model(torch.zeros(2, 3, 8, 8)).shape == (2, 6)
 
-    out = run_script("sample.py", f"checkpoint_vae={ckpts / 'tok'}", f"checkpoint_gpt={ckpts / 'gpt'}",
+    out = run_script("sample.py", f"checkpoint_vae={tiny_ckpts / 'tok'}", f"checkpoint_gpt={tiny_ckpts / 'gpt'}",
                      f"checkpoint_classifier={tmp_path / 'clf' / 'checkpoints' / 'last'}", "sampling.accept_n=3",
                      "sampling.class_label=circle", "sampling.num_samples=2", "sampling.cfg_scale=2", "device=cpu",
                      f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)

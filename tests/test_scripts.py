@@ -3,25 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def run_script(name: str, *overrides: str, cwd: Path) -> subprocess.CompletedProcess:
-    """Run scripts/<name> in `cwd` with a private HOME (no user caches), no network needed."""
-    env = {**os.environ, "HOME": str(cwd), "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / name), *overrides], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
-def test_inspect_data_on_patterns_writes_summary_grid_and_resolved_config(tmp_path):
+def test_inspect_data_on_patterns_writes_summary_grid_and_resolved_config(tmp_path, run_script):
     out = run_script("inspect_data.py", "dataset=patterns", "dataset.num_train=40", "batch_size=16",
                      "num_images=16", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -35,7 +22,7 @@ def test_inspect_data_on_patterns_writes_summary_grid_and_resolved_config(tmp_pa
     assert config["dataset"]["num_train"] == 40 and "${" not in (run / "config.yaml").read_text()
 
 
-def test_missing_dataset_is_one_line_error_with_exit_2(tmp_path):
+def test_missing_dataset_is_one_line_error_with_exit_2(tmp_path, run_script):
     empty = tmp_path / "nothing-here"
     empty.mkdir()
     out = run_script("inspect_data.py", "dataset=cifar10", f"dataset.root={empty}",
@@ -46,14 +33,14 @@ def test_missing_dataset_is_one_line_error_with_exit_2(tmp_path):
     assert "cifar10" in lines[0] and str(empty) in lines[0] and "download" in lines[0]
 
 
-TINY_TOKENIZER = ("dataset=patterns", "dataset.image_size=16", "dataset.num_train=64", "dataset.num_test=16",
+TINY_TOKENIZER = ("dataset=patterns", "tokenizer/quantizer=vq", "dataset.image_size=16", "dataset.num_train=64", "dataset.num_test=16",
                   "trainer=debug", "tokenizer.channels=8", "tokenizer.z_channels=8", "tokenizer.embed_dim=8",
                   "tokenizer.ch_mult=[1,2]", "tokenizer.quantizer.num_codewords=16",
                   "tokenizer.loss.perceptual_weight=0", "tokenizer.loss.disc_start=2",
                   "tokenizer.loss.disc_channels=8", "tokenizer.loss.disc_layers=1")
 
 
-def test_train_tokenizer_smoke_run_writes_a_loadable_checkpoint_and_eval(tmp_path):
+def test_train_tokenizer_smoke_run_writes_a_loadable_checkpoint_and_eval(tmp_path, run_script):
     from vqgpt.checkpoint import load_checkpoint, load_train_state
 
     out = run_script("train_tokenizer.py", *TINY_TOKENIZER, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
@@ -72,7 +59,7 @@ def test_train_tokenizer_smoke_run_writes_a_loadable_checkpoint_and_eval(tmp_pat
     assert sorted(p.name for p in (run / "reconstructions").iterdir()) == ["step_0000002.png", "step_0000004.png"]
 
 
-def test_train_tokenizer_resumes_from_its_checkpoint(tmp_path):
+def test_train_tokenizer_resumes_from_its_checkpoint(tmp_path, run_script):
     first = run_script("train_tokenizer.py", *TINY_TOKENIZER, "trainer.max_steps=2",
                        f"hydra.run.dir={tmp_path / 'a'}", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
@@ -83,14 +70,14 @@ def test_train_tokenizer_resumes_from_its_checkpoint(tmp_path):
     assert min(steps) == 3  # picked up after step 2
 
 
-def test_train_tokenizer_bad_image_size_is_one_line_error(tmp_path):
+def test_train_tokenizer_bad_image_size_is_one_line_error(tmp_path, run_script):
     out = run_script("train_tokenizer.py", *TINY_TOKENIZER, "dataset.image_size=15",
                      f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert out.returncode == 2
     assert out.stderr.strip().startswith("error: ") and "divisible" in out.stderr and "\n" not in out.stderr.strip()
 
 
-def test_train_gpt_smoke_run_builds_the_cache_and_a_loadable_checkpoint(tmp_path):
+def test_train_gpt_smoke_run_builds_the_cache_and_a_loadable_checkpoint(tmp_path, run_script):
     from vqgpt.checkpoint import load_checkpoint
 
     tok = run_script("train_tokenizer.py", *TINY_TOKENIZER, "trainer.max_steps=2",
@@ -100,7 +87,7 @@ def test_train_gpt_smoke_run_builds_the_cache_and_a_loadable_checkpoint(tmp_path
     out = run_script("train_gpt.py", f"checkpoint_vae={vae}", "gpt=tiny", "trainer=debug", "trainer.batch_size=4",
                      f"hydra.run.dir={tmp_path / 'gpt'}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert len(list(vae.parent.glob("token_cache_patterns_16_*/header.json"))) == 1
+    assert len(list((tmp_path / ".cache" / "vqgpt" / "tokens").glob("patterns_16_*/header.json"))) == 1
     ckpt = load_checkpoint(tmp_path / "gpt" / "checkpoints" / "last", expected_stage="gpt")
     assert ckpt.meta["vocab_size"] == 16 and ckpt.meta["block_size"] == 64 and ckpt.meta["num_classes"] == 6
     rows = [json.loads(line) for line in (tmp_path / "gpt" / "metrics.jsonl").read_text().splitlines()]
@@ -112,6 +99,6 @@ def test_train_gpt_smoke_run_builds_the_cache_and_a_loadable_checkpoint(tmp_path
     assert json.loads((tmp_path / "codes" / "header.json").read_text())["splits"] == {"train": 64, "test": 16}
 
 
-def test_train_gpt_without_a_tokenizer_is_one_line_error(tmp_path):
+def test_train_gpt_without_a_tokenizer_is_one_line_error(tmp_path, run_script):
     out = run_script("train_gpt.py", f"hydra.run.dir={tmp_path / 'gpt'}", cwd=tmp_path)
     assert out.returncode == 2 and out.stderr.strip().startswith("error: checkpoint_vae is not set")

@@ -9,33 +9,26 @@ import numpy as np
 import pytest
 import torch
 
-from vqgpt.checkpoint import save_checkpoint
-from vqgpt.config import DatasetConfig, QuantizerConfig, TokenizerConfig
-from vqgpt.data import build_dataset, dataset_info
+from conftest import PATTERNS
+from conftest import make_tokenizer as make_tiny_tokenizer
+
+from vqgpt.config import DatasetConfig
+from vqgpt.data import build_dataset
+from vqgpt.data.token_cache import HEADER, TokenDataset, default_cache_dir, prepare_token_cache, read_header
 from vqgpt.errors import UserError
-from vqgpt.token_cache import HEADER, TokenDataset, prepare_token_cache, read_header
-from vqgpt.vqgan import VQGAN
 
-DATA = DatasetConfig(name="patterns", image_size=8, channels=3, num_classes=6, num_train=24, num_test=8)
+DATA = dataclasses.replace(PATTERNS, class_names=None)
 
 
-def make_tokenizer(path, seed: int = 0, data: DatasetConfig = DATA) -> VQGAN:
-    torch.manual_seed(seed)
-    cfg = TokenizerConfig(in_channels=data.channels, image_size=data.image_size, channels=8, ch_mult=[1, 2],
-                          num_res_blocks=1, z_channels=8, embed_dim=4,
-                          quantizer=QuantizerConfig(num_codewords=32, embedding_dim=4))
-    model = VQGAN(cfg).eval()
-    meta = {**dataset_info(data), "codebook_size": 32, "latent_grid": list(model.latent_grid),
-            "data_config": dataclasses.asdict(data)}
-    save_checkpoint(path, model, stage="tokenizer", arch="vqgan", meta=meta, step=0)
-    return model
+def make_tokenizer(path, seed: int = 0, data: DatasetConfig = DATA):
+    return make_tiny_tokenizer(path, data=data, seed=seed)
 
 
-def test_cache_equals_tokenizing_on_the_fly(tmp_path):
+def test_cache_equals_tokenizing_on_the_fly(tmp_path, private_cache):
     model = make_tokenizer(tmp_path / "tok")
     cache, header = prepare_token_cache(str(tmp_path / "tok"), None, None)
-    assert cache.parent == tmp_path and header["grid"] == [4, 4] and header["codebook_size"] == 32
-    assert cache.name == f"token_cache_patterns_8_{header['tokenizer_hash'][:8]}"
+    assert cache.parent == private_cache / "tokens" and header["grid"] == [4, 4] and header["codebook_size"] == 32
+    assert cache.name.startswith("patterns_8_") and header["data"]["num_classes"] == 6
     assert header["splits"] == {"train": 24, "test": 8}
     for split in ("train", "test"):
         images = torch.stack([img for img, _ in build_dataset(DATA, split, train=False)])
@@ -89,7 +82,7 @@ def test_wrong_data_size_and_missing_cache_messages(tmp_path):
 
 def test_interrupted_build_leaves_no_cache(tmp_path, monkeypatch):
     make_tokenizer(tmp_path / "tok")
-    import vqgpt.token_cache as tc
+    import vqgpt.data.token_cache as tc
 
     def boom(*args, **kwargs):
         raise RuntimeError("killed")
@@ -102,3 +95,50 @@ def test_interrupted_build_leaves_no_cache(tmp_path, monkeypatch):
     monkeypatch.undo()
     cache, header = prepare_token_cache(str(tmp_path / "tok"), None, str(tmp_path / "cache"))
     assert json.loads((cache / HEADER).read_text()) == header
+
+
+def test_default_cache_is_keyed_on_the_whole_data_config(tmp_path):
+    """Regression: the cache name ignored the generator's sizes (a 24-image cache served a request of 12)."""
+    make_tokenizer(tmp_path / "tok")
+    small = dataclasses.replace(DATA, num_train=12)
+    first, _ = prepare_token_cache(str(tmp_path / "tok"), None, None)
+    second, header = prepare_token_cache(str(tmp_path / "tok"), small, None)
+    assert second != first and header["splits"]["train"] == 12
+    for change in (dict(seed=1), dict(resize="pad"), dict(root=str(tmp_path))):
+        assert default_cache_dir(tmp_path / "tok", dataclasses.replace(DATA, **change), False) != first
+
+
+def test_a_stale_cache_is_rebuilt_by_default_and_refused_where_named(tmp_path, capsys):
+    make_tokenizer(tmp_path / "tok")
+    named, _ = prepare_token_cache(str(tmp_path / "tok"), None, str(tmp_path / "named"))
+    with pytest.raises(UserError, match=r"does not match this request \(dataset.num_train=24 there, 12 asked"):
+        prepare_token_cache(str(tmp_path / "tok"), dataclasses.replace(DATA, num_train=12), str(named))
+    default, header = prepare_token_cache(str(tmp_path / "tok"), None, None)
+    header_file = default / HEADER
+    stale = json.loads(header_file.read_text())
+    stale["data_config"]["num_train"] = 99  # as if another request had written this directory
+    header_file.write_text(json.dumps(stale))
+    capsys.readouterr()
+    again, header = prepare_token_cache(str(tmp_path / "tok"), None, None)
+    assert again == default and header["data_config"]["num_train"] == 24
+    assert "is stale (dataset.num_train=99 there, 24 asked): rebuilding it" in capsys.readouterr().out
+
+
+def test_a_truncated_array_is_found_before_training(tmp_path, capsys):
+    make_tokenizer(tmp_path / "tok")
+    cache, _ = prepare_token_cache(str(tmp_path / "tok"), None, str(tmp_path / "named"))
+    tokens = cache / "train_tokens.npy"
+    tokens.write_bytes(tokens.read_bytes()[:-40])
+    with pytest.raises(UserError, match="damaged") as err:
+        prepare_token_cache(str(tmp_path / "tok"), None, str(cache))
+    assert "\n" not in str(err.value)
+
+
+def test_a_killed_build_leaves_a_temp_dir_that_the_next_build_removes(tmp_path, private_cache):
+    make_tokenizer(tmp_path / "tok")
+    target = default_cache_dir(tmp_path / "tok", DATA, False)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    orphan = target.with_name(f".{target.name}.tmp-999999999")  # no such process
+    orphan.mkdir()
+    prepare_token_cache(str(tmp_path / "tok"), None, None)
+    assert not orphan.exists() and (target / HEADER).is_file()

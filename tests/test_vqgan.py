@@ -9,10 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqgpt.config import QuantizerConfig, TokenizerConfig, TokenizerLossConfig
-from vqgpt.discriminator import NLayerDiscriminator, build_discriminator, patch_grid_side
+from vqgpt.config import FSQConfig, TokenizerLossConfig, VQConfig, VQGANConfig
 from vqgpt.errors import UserError
-from vqgpt.losses import (
+from vqgpt.eval.lpips import build_lpips
+from vqgpt.tokenizers.vqgan.discriminator import NLayerDiscriminator, build_discriminator, patch_grid_side
+from vqgpt.tokenizers.vqgan.losses import (
     VQGANLoss,
     adaptive_weight,
     hinge_d_loss,
@@ -20,31 +21,34 @@ from vqgpt.losses import (
     non_saturating_d_loss,
     non_saturating_g_loss,
 )
-from vqgpt.lpips_weights import build_lpips
-from vqgpt.vqgan import VQGAN
+from vqgpt.tokenizers.vqgan.model import VQGAN
 
 QUANTIZERS = {  # one of each kind of quantizer, small
     "vq": dict(num_codewords=16),
     "vq_cosine_factorised_rotation": dict(num_codewords=16, cos_dist=True, proj_dim=2, gradient="rotation",
                                           init_method="latent_random", restart_after=2),
     "vq_ema": dict(num_codewords=16, decay=0.9, init_method="kmeans", kmeans_iters=2),
-    "fsq": dict(name="fsq", num_codewords=9, levels=[3, 3]),
+    "fsq": dict(name="fsq", levels=[3, 3]),
 }
 
 
-def tiny_config(quantizer: str = "vq", **overrides) -> TokenizerConfig:
+def quantizer_config(name: str = "vq", **kw) -> VQConfig | FSQConfig:
+    return FSQConfig(**kw) if name == "fsq" else VQConfig(**kw)
+
+
+def tiny_config(quantizer: str = "vq", **overrides) -> VQGANConfig:
     """A 16x16 VQ-GAN small enough to run in milliseconds; f = 4 unless ch_mult says otherwise."""
     loss = TokenizerLossConfig(disc_channels=8, disc_layers=2, disc_start=0)
-    cfg = TokenizerConfig(in_channels=3, image_size=16, channels=8, ch_mult=[1, 2, 2], num_res_blocks=1,
+    cfg = VQGANConfig(in_channels=3, image_size=16, channels=8, ch_mult=[1, 2, 2], num_res_blocks=1,
                           attn_resolutions=[], z_channels=8, embed_dim=4,
-                          quantizer=QuantizerConfig(**QUANTIZERS[quantizer]), loss=loss)
+                          quantizer=quantizer_config(**QUANTIZERS[quantizer]), loss=loss)
     for key, value in overrides.items():
         setattr(cfg, key, value)
     cfg.quantizer.embedding_dim = cfg.embed_dim  # what `${..embed_dim}` does in the YAML
     return cfg
 
 
-def images(cfg: TokenizerConfig, batch: int = 2, seed: int = 0) -> torch.Tensor:
+def images(cfg: VQGANConfig, batch: int = 2, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.rand(batch, cfg.in_channels, cfg.image_size, cfg.image_size, generator=g) * 2 - 1
 
@@ -66,7 +70,7 @@ def lpips_net() -> nn.Module:
     return build_lpips(random_backbone=True)
 
 
-def make_criterion(cfg: TokenizerConfig, lpips_net: nn.Module | None) -> VQGANLoss:
+def make_criterion(cfg: VQGANConfig, lpips_net: nn.Module | None) -> VQGANLoss:
     return VQGANLoss(cfg.loss, lpips_net, build_discriminator(cfg))
 
 
@@ -99,7 +103,7 @@ def test_shapes_through_encoder_and_decoder(ch_mult, attn_resolutions, double_z,
     assert q.z_q.shape == (3, cfg.embed_dim, h, h) and q.loss.ndim == 0
     indices = model.tokenize(x)
     assert indices.shape == (3, h, h) and indices.dtype == torch.long
-    assert 0 <= indices.min() and indices.max() < model.num_codewords == cfg.quantizer.num_codewords
+    assert 0 <= indices.min() and indices.max() < model.codebook_size == model.quantizer.num_codewords
     assert model.decode_indices(indices).shape == x.shape
     assert model.last_layer is model.decoder.conv_out.weight
 
@@ -136,7 +140,7 @@ def test_embed_dim_mismatch_with_quantizer_is_a_config_error():
         VQGAN(cfg)
 
 
-def warmed_up(model: VQGAN, cfg: TokenizerConfig, steps: int = 3) -> VQGAN:
+def warmed_up(model: VQGAN, cfg: VQGANConfig, steps: int = 3) -> VQGAN:
     """A few training-mode forwards, so latent inits, EMA updates and restarts have changed the codebook."""
     model.train()
     with torch.no_grad():

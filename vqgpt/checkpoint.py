@@ -1,4 +1,5 @@
-"""Checkpoints: one directory per checkpoint, for every stage, that rebuilds its model from its own files.
+"""Checkpoints: the file format. One directory per checkpoint, for every stage, that rebuilds its model from its
+own files (the class comes from `vqgpt.registry`).
 
     model.safetensors  weights (no pickle; tied weights handled)
     config.json        format version, stage, arch, resolved model config, data/stage facts, step, versions
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import importlib.metadata
 import json
 import os
@@ -24,7 +24,7 @@ import shutil
 import types
 import typing
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,6 +36,7 @@ from safetensors.torch import load_model as _load_weights
 from safetensors.torch import save_model as _save_weights
 from torch import nn
 
+from vqgpt import registry
 from vqgpt.errors import UserError
 
 FORMAT_VERSION = 1
@@ -54,12 +55,7 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
 WRITTEN_HERE = ("format_version", "stage", "arch", "step", "model_config", "weights_sha256", "versions")
 _FIX = "pass a checkpoint directory (config.json + model.safetensors) written by vqgpt"
 
-# Where vqgpt's own architectures live, so loading one needs no import by the caller.
-BUILTIN_ARCHS = {"vqgan": "vqgpt.vqgan", "gpt": "vqgpt.gpt", "classifier": "vqgpt.classifier"}
-
 T = TypeVar("T")
-M = TypeVar("M", bound=nn.Module)
-_REGISTRY: dict[str, tuple[type[nn.Module], type]] = {}  # arch -> (model class, config dataclass)
 
 
 @dataclass
@@ -71,23 +67,6 @@ class Checkpoint:
     path: Path
 
 
-def register_model(arch: str, config_cls: type) -> Callable[[type[M]], type[M]]:
-    """Class decorator: checkpoints of `arch` rebuild as `model_cls(config_cls(**model_config))`."""
-    if not (isinstance(config_cls, type) and dataclasses.is_dataclass(config_cls)):
-        raise TypeError(f"register_model({arch!r}): config_cls must be a dataclass, got {config_cls!r}")
-
-    def register(model_cls: type[M]) -> type[M]:
-        old = _REGISTRY.get(arch)
-        name = f"{model_cls.__module__}.{model_cls.__qualname__}"
-        # The same class again (a reloaded module) is fine; two classes under one name is a bug.
-        if old is not None and f"{old[0].__module__}.{old[0].__qualname__}" != name:
-            raise ValueError(f"arch {arch!r} is already registered to {old[0].__qualname__}, not {name}")
-        _REGISTRY[arch] = (model_cls, config_cls)
-        return model_cls
-
-    return register
-
-
 def dataclass_from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
     """Rebuild a (nested) config dataclass from a plain dict, rejecting keys it does not have."""
     if not isinstance(data, Mapping):
@@ -96,8 +75,15 @@ def dataclass_from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
     if unknown:
         raise UserError(f"unknown keys for {cls.__name__}: {', '.join(unknown)}")
     hints = typing.get_type_hints(cls)  # resolves string annotations (`from __future__ import annotations`)
+    choices = {f.name: f.metadata["choices"] for f in dataclasses.fields(cls) if "choices" in f.metadata}
     kwargs = {}
     for key, value in data.items():
+        if key in choices and isinstance(value, Mapping):  # one of several schemas, picked by its `name`
+            if value.get("name") not in choices[key]:
+                raise UserError(f"{cls.__name__}.{key}: unknown name {value.get('name')!r} (known: "
+                                f"{', '.join(choices[key])})")
+            kwargs[key] = dataclass_from_dict(choices[key][value["name"]], value)
+            continue
         hint = hints[key]  # a nested dataclass is `X` or `X | None`
         union = typing.get_origin(hint) in (typing.Union, types.UnionType)
         options = typing.get_args(hint) if union else (hint,)
@@ -153,11 +139,7 @@ def _build_record(model: nn.Module, stage: str, arch: str, meta: Mapping[str, An
     """Check the save arguments (a caller bug: ValueError) and assemble config.json, minus the hash."""
     if stage not in STAGE_FIELDS:
         raise ValueError(f"unknown stage {stage!r}; known: {', '.join(STAGE_FIELDS)}")
-    if arch not in _REGISTRY:
-        raise ValueError(f"arch {arch!r} is not registered; decorate its model class with @register_model")
-    model_cls, config_cls = _REGISTRY[arch]
-    if not isinstance(model, model_cls) or not isinstance(getattr(model, "config", None), config_cls):
-        raise ValueError(f"arch {arch!r} needs a {model_cls.__name__} with .config a {config_cls.__name__}")
+    registry.check_model(model, arch)
     missing = [k for k in COMMON_FIELDS + STAGE_FIELDS[stage] if k not in meta]
     reserved = [k for k in meta if k in WRITTEN_HERE]
     if missing or reserved:
@@ -271,15 +253,7 @@ def load_checkpoint(
     """Rebuild the model from the checkpoint alone (registry + config.json); load its weights strictly."""
     ckpt = _resolve(path)
     meta = _read_config(ckpt, expected_stage)
-    if meta["arch"] not in _REGISTRY and meta["arch"] in BUILTIN_ARCHS:
-        importlib.import_module(BUILTIN_ARCHS[meta["arch"]])  # registers it
-    if meta["arch"] not in _REGISTRY:
-        known = ", ".join(sorted(_REGISTRY)) or "none"
-        raise UserError(
-            f"{ckpt} has unknown arch {meta['arch']!r} (registered: {known}); "
-            "import the module that registers it, or upgrade vqgpt"
-        )
-    model_cls, config_cls = _REGISTRY[meta["arch"]]
+    model_cls, config_cls = registry.lookup(meta["arch"], where=str(ckpt))
     written_by = f"use the vqgpt that wrote it ({meta['versions'].get('vqgpt')})"
     try:
         config = dataclass_from_dict(config_cls, meta["model_config"])
@@ -321,9 +295,12 @@ def load_train_state(path: str | os.PathLike, map_location: str | torch.device =
     try:  # weights_only: a restricted unpickler that refuses anything but tensors and plain containers
         state = torch.load(file, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise UserError(f"{file} was refused: {_one_line(e)}; delete it to resume without it") from None
+        raise UserError(f"{file} is damaged or refused ({_one_line(e)}), so training cannot continue from it; "
+                        f"drop resume= to start a fresh run (the weights in {file.parent} stay usable for "
+                        "sampling and evaluation)") from None
     if not isinstance(state, dict):
-        raise UserError(f"{file} holds a {type(state).__name__}, not a dict; delete it to resume without it")
+        raise UserError(f"{file} holds a {type(state).__name__}, not a dict, so training cannot continue from it; "
+                        "drop resume= to start a fresh run")
     return state
 
 

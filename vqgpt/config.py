@@ -30,7 +30,9 @@ class DatasetConfig:
     num_classes: int = 1
     class_names: list[str] | None = None
     resize: str = "crop"  # crop: resize shorter side then center-crop; pad: center-pad with black
-    download: bool = False  # let the library download the data where the dataset allows it
+    # null = download the small sets (MNIST, CIFAR, SVHN, DTD, MedMNIST, ...) into vqgpt's cache when they are
+    # missing, and only point at the large ones (Places365, CelebA); true = download any; false = never
+    download: bool | None = None
     skip_corrupt: bool = False  # folder: skip (and count) unreadable images instead of failing
     hflip: bool = False  # random horizontal flips on the training split
     medmnist_size: int | None = None  # 28/64/128/224; None = smallest size >= image_size
@@ -41,11 +43,19 @@ class DatasetConfig:
 
 @dataclass
 class QuantizerConfig:
-    """One schema for every quantizer; `name` picks the implementation (vq, fsq). See vqgpt/quantize.py."""
+    """What every quantizer's schema has; each implementation adds its own keys (vqgpt/tokenizers/quantizers)."""
 
-    name: str = "vq"  # vq | fsq
-    num_codewords: int = 1024  # K; fsq: must equal prod(levels)
+    name: str = MISSING  # which implementation; each schema fixes it
     embedding_dim: int = 64  # d, the width of the latents being quantized
+    usage_window: int = 100  # `usage` = fraction of codes used in the last N steps (also `dead_codes` age)
+
+
+@dataclass
+class VQConfig(QuantizerConfig):
+    """Vector quantization (`VectorQuantize`): a codebook searched by nearest neighbour."""
+
+    name: str = "vq"
+    num_codewords: int = 1024  # K
     cos_dist: bool = False  # nearest neighbour by cosine similarity (l2-normalised latents and codes)
     proj_dim: int | None = None  # factorised codes: look up in a proj_dim-wide space (< embedding_dim)
     random_proj: int | None = None  # width of a fixed random projection used for the search; None = off
@@ -58,9 +68,19 @@ class QuantizerConfig:
     beta: float = 0.25  # commitment weight
     decay: float | None = None  # None = codebook learned by the loss; else EMA decay in (0, 1)
     restart_after: int | None = None  # reseed codes unused for this many steps; None = off
-    usage_window: int = 100  # `usage` = fraction of codes used in the last N steps (also `dead_codes` age)
     gradient: str = "ste"  # ste (straight-through) | rotation (rotation trick)
-    levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])  # fsq: levels per channel
+
+
+@dataclass
+class FSQConfig(QuantizerConfig):
+    """Finite scalar quantization (`FSQ`): K = prod(levels) implicit codes, nothing to learn."""
+
+    name: str = "fsq"
+    levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])  # levels per channel
+
+
+# Quantizer schemas by name: config.json's model_config and the YAML files both say `name: vq|fsq`.
+QUANTIZER_CONFIGS: dict[str, type[QuantizerConfig]] = {"vq": VQConfig, "fsq": FSQConfig}
 
 
 @dataclass
@@ -80,11 +100,18 @@ class TokenizerLossConfig:
 
 @dataclass
 class TokenizerConfig:
-    """Convolutional VQ-GAN encoder/decoder (taming-transformers family)."""
+    """What every tokenizer's schema has; each implementation adds its own keys (vqgpt/tokenizers)."""
+
+    name: str = MISSING  # which implementation; each schema fixes it
+    in_channels: int = 3  # image channels; the YAML sets ${dataset.channels}
+    image_size: int = 32  # square side. The YAML sets ${dataset.image_size}
+
+
+@dataclass
+class VQGANConfig(TokenizerConfig):
+    """Convolutional VQ-GAN encoder/decoder (taming-transformers family) with a quantizer between."""
 
     name: str = "vqgan"
-    in_channels: int = 3  # image channels; the YAML sets ${dataset.channels}
-    image_size: int = 32  # square side; must be divisible by f. The YAML sets ${dataset.image_size}
     channels: int = 64
     ch_mult: list[int] = field(default_factory=lambda: [1, 2, 2])  # f = 2 ** (len(ch_mult) - 1)
     num_res_blocks: int = 2
@@ -93,7 +120,9 @@ class TokenizerConfig:
     z_channels: int = 64  # encoder output width
     double_z: bool = False  # encoder outputs 2 * z_channels (taming's KL option; here it just widens quant_conv)
     embed_dim: int = 64  # width of the quantized latents (quant_conv: z_channels -> embed_dim)
-    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    # Any, not a union: OmegaConf types the node by the schema the group file names (vq_schema, fsq_schema);
+    # `choices` tells checkpoint loading which schema a saved `name` stands for.
+    quantizer: Any = field(default_factory=VQConfig, metadata={"choices": QUANTIZER_CONFIGS})
     loss: TokenizerLossConfig = field(default_factory=TokenizerLossConfig)
 
 
@@ -102,11 +131,13 @@ class GPTConfig:
     """Decoder-only transformer over token grids; vocab and block size come from the tokenizer."""
 
     name: str = "gpt"
-    # Facts of the data, filled by scripts/train_gpt.py from the tokenizer checkpoint and the dataset
-    # before the model is built (0 = not set yet); never typed in a YAML.
+    # Facts of the tokenizer, filled by train_gpt.py from its checkpoint before the model is built
+    # (0 = not set yet); never typed in a YAML.
     vocab_size: int = 0  # K, the tokenizer's codebook size
     block_size: int = 0  # T = h * w tokens per image: the transformer's context
-    num_classes: int = 0  # 0 = unconditional (a learned start token); else one class token per label
+    # None = the dataset's class count (class-conditional when it has more than one class);
+    # 0 = unconditional (a learned start token) even on labelled data; N = one class token per label
+    num_classes: int | None = None
     n_layer: int = 6
     n_head: int = 8
     n_embd: int = 256
@@ -145,6 +176,7 @@ class TrainerConfig:
     precision: str = "bf16"  # bf16 autocast on GPU; CPU always runs fp32
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_workers: int = 2
+    num_threads: int | None = None  # torch intra-op CPU threads; None = torch's choice (one per core)
     seed: int = 0
     log_every: int = 50
     eval_every: int = 1000
@@ -184,7 +216,7 @@ class TrainTokenizerRun:
     """`scripts/train_tokenizer.py`."""
 
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    tokenizer: Any = field(default_factory=VQGANConfig, metadata={"choices": {"vqgan": VQGANConfig}})
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     out_dir: str = "."  # relative paths land in Hydra's run dir
@@ -257,15 +289,36 @@ SCHEMAS = {
     "train_classifier_schema": TrainClassifierRun,
     "inspect_data_schema": InspectDataRun,
 }
+# One schema per implementation: a group file starts with `defaults: [<name>_schema, _self_]`, so a key of
+# another implementation (fsq's `levels` under a vq quantizer) fails when the config is composed.
+GROUP_SCHEMAS = {
+    "tokenizer": {"vqgan_schema": VQGANConfig},
+    "tokenizer/quantizer": {f"{name}_schema": cls for name, cls in QUANTIZER_CONFIGS.items()},
+}
+
+
+def _node(schema: type) -> DictConfig:
+    """The schema as a typed node, its implementation-choice fields left open (MISSING): the group file
+    that fills one brings its own schema, which could not merge over another schema's default."""
+    node = OmegaConf.structured(schema)
+    for f in dataclasses.fields(schema):
+        if "choices" in f.metadata:
+            setattr(node, f.name, MISSING)
+    return node
+
+
 def register_configs() -> None:
     """Register every schema with Hydra's ConfigStore (idempotent)."""
     from hydra.core.config_store import ConfigStore
 
     cs = ConfigStore.instance()
-    # The primary schemas type every group below them (dataset, tokenizer, ...), so group files
+    # The primary schemas type every group below them (dataset, trainer, ...), so those group files
     # need no schema of their own and a typo anywhere names its full key.
     for name, schema in SCHEMAS.items():
-        cs.store(name=name, node=schema)
+        cs.store(name=name, node=_node(schema))
+    for group, schemas in GROUP_SCHEMAS.items():
+        for name, schema in schemas.items():
+            cs.store(group=group, name=name, node=_node(schema))
 
 
 def to_object(cfg: DictConfig | Any) -> Any:

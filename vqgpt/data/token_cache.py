@@ -4,13 +4,16 @@
     <cache_dir>/<split>_tokens.npy   (N, h*w) uint16/int32, memory-mapped on read
     <cache_dir>/<split>_labels.npy   (N,) int64
 
-GPT training reads only this (LlamaGen's "extract codes first"): the encoder never runs in its loop. A cache
-made by another tokenizer is refused, so a retrained tokenizer never pairs with stale codes.
+GPT training reads only this (LlamaGen's "extract codes first"): the encoder never runs in its loop. The
+default cache lives in vqgpt's cache (`tokens/<key>`), keyed on the tokenizer's weights and the full data config
+(root, size, resize, generator sizes and seed, ...); a cache whose header disagrees with the request is rebuilt
+there, and refused (saying which) in a `cache_dir` you named, so stale codes never train a GPT silently.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -20,14 +23,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from vqgpt.checkpoint import checkpoint_hash, load_checkpoint
+from vqgpt.checkpoint import checkpoint_hash, dataclass_from_dict, load_checkpoint, read_meta
 from vqgpt.config import DatasetConfig
-from vqgpt.data import build_dataset
+from vqgpt.data.datasets import build_dataset, dataset_info
 from vqgpt.errors import UserError
-from vqgpt.loggers import progress
+from vqgpt.paths import cache_dir as vqgpt_cache
+from vqgpt.train.loggers import progress
 
 HEADER = "header.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the header records the data facts ("data")
 
 
 def cache_dtype(num_codewords: int) -> np.dtype:
@@ -43,14 +47,15 @@ def build_token_cache(tokenizer_path: str | Path, data_cfg: DatasetConfig, cache
     cache_dir = Path(cache_dir)
     tokenizer = load_checkpoint(tokenizer_path, expected_stage="tokenizer", map_location=device).model
     h, w = tokenizer.latent_grid
-    dtype = cache_dtype(tokenizer.num_codewords)
+    dtype = cache_dtype(tokenizer.codebook_size)
+    cache_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_dir.with_name(f".{cache_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp.mkdir()
     sizes = {}
     try:
-        for split in ("train", "test"):
-            dataset = build_dataset(data_cfg, split, train=False)
+        datasets = {split: build_dataset(data_cfg, split, train=False) for split in ("train", "test")}
+        for split, dataset in datasets.items():
             flips = (False, True) if hflip_copies and split == "train" else (False,)
             n = len(dataset) * len(flips)
             tokens = np.lib.format.open_memmap(tmp / f"{split}_tokens.npy", mode="w+", dtype=dtype, shape=(n, h * w))
@@ -74,11 +79,12 @@ def build_token_cache(tokenizer_path: str | Path, data_cfg: DatasetConfig, cache
             "tokenizer_hash": checkpoint_hash(tokenizer_path),
             "tokenizer_path": str(Path(tokenizer_path).resolve()),
             "grid": [h, w],
-            "codebook_size": tokenizer.num_codewords,
+            "codebook_size": tokenizer.codebook_size,
             "dtype": dtype.name,
             "hflip_copies": hflip_copies,
             "splits": sizes,
             "data_config": dataclasses.asdict(data_cfg),
+            "data": dataset_info(data_cfg, datasets["train"]),  # what a GPT checkpoint records of its data
         }
         (tmp / HEADER).write_text(json.dumps(header, indent=2) + "\n")
         if cache_dir.exists():
@@ -87,6 +93,24 @@ def build_token_cache(tokenizer_path: str | Path, data_cfg: DatasetConfig, cache
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return cache_dir
+
+
+def _remove_stale_builds(cache_dir: Path) -> None:
+    """Delete temp dirs of builds whose process is gone (a killed build leaves `.name.tmp-<pid>`)."""
+    for tmp in cache_dir.parent.glob(f".{cache_dir.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 def read_header(cache_dir: str | Path, tokenizer_path: str | Path | None = None) -> dict:
@@ -116,11 +140,15 @@ class TokenDataset(Dataset):
 
     def __init__(self, cache_dir: str | Path, split: str):
         cache_dir = Path(cache_dir)
-        self.tokens = np.load(cache_dir / f"{split}_tokens.npy", mmap_mode="r")
-        self.labels = np.load(cache_dir / f"{split}_labels.npy")
+        try:
+            self.tokens = np.load(cache_dir / f"{split}_tokens.npy", mmap_mode="r")
+            self.labels = np.load(cache_dir / f"{split}_labels.npy")
+        except (OSError, ValueError, EOFError) as e:  # missing or truncated arrays
+            raise UserError(f"token cache {cache_dir}: {split} arrays are missing or damaged ({e}); delete "
+                            f"{cache_dir} to rebuild it") from None
         if len(self.tokens) != len(self.labels):
             raise UserError(f"token cache {cache_dir}: {split} has {len(self.tokens)} token rows but "
-                            f"{len(self.labels)} labels; delete it to rebuild it")
+                            f"{len(self.labels)} labels; delete {cache_dir} to rebuild it")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -129,20 +157,46 @@ class TokenDataset(Dataset):
         return torch.from_numpy(self.tokens[i].astype(np.int64)), int(self.labels[i])
 
 
+def cache_key(tokenizer_hash: str, data_cfg: DatasetConfig, hflip_copies: bool) -> str:
+    """The default cache's name: readable data name + a hash of everything that changes the tokens."""
+    facts = {"tokenizer": tokenizer_hash, "data": dataclasses.asdict(data_cfg), "hflip_copies": hflip_copies,
+             "format": FORMAT_VERSION}
+    digest = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
+    return f"{data_cfg.name}_{data_cfg.image_size}_{digest}"
+
+
 def default_cache_dir(tokenizer_path: str | Path, data_cfg: DatasetConfig, hflip_copies: bool) -> Path:
-    """Beside the tokenizer checkpoint, named after the data and the tokenizer's weights: a retrained
-    tokenizer saved to the same place gets a cache of its own instead of a refusal."""
-    name = f"token_cache_{data_cfg.name}_{data_cfg.image_size}" + ("_flip" if hflip_copies else "")
-    name += f"_{checkpoint_hash(tokenizer_path)[:8]}"
-    return Path(tokenizer_path).resolve().parent / name
+    """In vqgpt's cache, keyed on the tokenizer's weights and the full data config."""
+    return vqgpt_cache("tokens", cache_key(checkpoint_hash(tokenizer_path), data_cfg, hflip_copies))
+
+
+def _mismatch(header: dict, data_cfg: DatasetConfig, hflip_copies: bool) -> str | None:
+    """What differs between a cache's header and the request, or None."""
+    saved = header.get("data_config") or {}
+    wanted = dataclasses.asdict(data_cfg)
+    diff = [f"dataset.{k}={saved.get(k)!r} there, {wanted[k]!r} asked" for k in wanted if saved.get(k) != wanted[k]]
+    if header.get("hflip_copies") != hflip_copies:
+        diff.append(f"hflip_copies={header.get('hflip_copies')} there, {hflip_copies} asked")
+    return "; ".join(diff[:3]) or None
+
+
+def _check_arrays(cache: Path, header: dict) -> str | None:
+    """What is wrong with the cache's arrays (missing, truncated, wrong row count), or None."""
+    for split, n in header.get("splits", {}).items():
+        try:
+            rows = len(TokenDataset(cache, split))
+        except UserError as e:
+            return str(e)
+        if rows != n:
+            return f"{split} holds {rows} rows, its header says {n}"
+    return None
 
 
 def prepare_token_cache(tokenizer_path: str | None, data_cfg: DatasetConfig | None, cache_dir: str | None,
                         hflip_copies: bool = False, device: str | torch.device = "cpu") -> tuple[Path, dict]:
-    """Open the cache for this tokenizer, building it first if missing; the data config defaults to the
-    one stored in the tokenizer checkpoint. Returns (cache_dir, header)."""
-    from vqgpt.checkpoint import dataclass_from_dict, read_meta
-
+    """Open the cache for this tokenizer and data, building it first if missing; the data config defaults to
+    the one stored in the tokenizer checkpoint. A stale default cache is rebuilt (saying why); a stale
+    `cache_dir` you named is refused. Returns (cache_dir, header)."""
     if not tokenizer_path:
         raise UserError("checkpoint_vae is not set; pass the tokenizer checkpoint, e.g. "
                         "checkpoint_vae=outputs/train_tokenizer/<dataset>/<date>/checkpoints/last")
@@ -156,8 +210,19 @@ def prepare_token_cache(tokenizer_path: str | None, data_cfg: DatasetConfig | No
         raise UserError(f"dataset {data_cfg.name} gives {data_cfg.channels}x{data_cfg.image_size}px images but the "
                         f"tokenizer {tokenizer_path} was trained on {meta['channels']}x{meta['image_size']}px; "
                         "set dataset.image_size/dataset.channels to match, or drop dataset=... to use its own")
-    cache = Path(cache_dir) if cache_dir else default_cache_dir(tokenizer_path, data_cfg, hflip_copies)
-    if not (cache / HEADER).exists():
+    named = cache_dir is not None
+    cache = Path(cache_dir) if named else default_cache_dir(tokenizer_path, data_cfg, hflip_copies)
+    _remove_stale_builds(cache)
+    if (cache / HEADER).exists():
+        header = read_header(cache, tokenizer_path)
+        problem = _mismatch(header, data_cfg, hflip_copies) or _check_arrays(cache, header)
+        if problem is None:
+            return cache, header
+        if named:
+            raise UserError(f"token cache {cache} does not match this request ({problem}); delete it to rebuild "
+                            "it, or point cache_dir elsewhere")
+        print(f"token cache {cache} is stale ({problem}): rebuilding it")
+    else:
         print(f"token cache {cache} is missing: tokenizing {data_cfg.name} once")
-        build_token_cache(tokenizer_path, data_cfg, cache, hflip_copies=hflip_copies, device=device)
+    build_token_cache(tokenizer_path, data_cfg, cache, hflip_copies=hflip_copies, device=device)
     return cache, read_header(cache, tokenizer_path)

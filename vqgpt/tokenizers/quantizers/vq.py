@@ -1,81 +1,32 @@
-"""Quantizers behind one interface: `quantizer(z) -> QuantizerOutput`, `quantize(z) -> indices`,
-`dequantize(indices) -> z_q`, on encoder latents z of shape (B, D, H, W) with D = embedding_dim.
+"""Vector quantization: a VQ-VAE codebook (van den Oord et al. 2017) with the tricks of its successors as
+options (`VQConfig`). The interface and its contract are in base.py.
 
-`VectorQuantize` is a VQ-VAE codebook (van den Oord et al. 2017) with the tricks of its successors as
-options; `FSQ` (vqgpt/fsq.py) is finite scalar quantization. `build_quantizer(cfg)` picks one by name.
+A layer to drop into your own model, configured by keyword arguments with `VQConfig`'s defaults:
 
-Caller contract: add `out.loss` (already weighted) to the generator loss, log `out.metrics` as
-`codebook/<key>`, nothing else. Every forward in training mode is one step (the `step` buffer, saved in
-checkpoints): EMA updates, usage counts, latent-based initialisation and dead-code restarts all happen
-inside it, so run it once per micro-batch and never a second time in training mode (reuse z_q for the
-discriminator step). `pretrain_steps`, `restart_after` and `usage_window` count these forwards.
-
-Warm start: while step < pretrain_steps, forward returns z unchanged with a zero loss, in eval mode too
-(validation then shows the autoencoder), and indices are the nearest codes of the untouched codebook;
-`quantize`/`dequantize` always use the codebook. The first training forward at or after pretrain_steps
-seeds the codes (latent_random/kmeans) and sets the `initialized` buffer.
-
-Distributed: under an initialised torch.distributed group, every training forward is a collective (usage
-counts, EMA statistics, init samples and restart choices are summed or broadcast from rank 0), so every
-rank keeps an identical codebook; all ranks must call it equally often, as DDP requires anyway. Eval-mode
-forwards and `quantize`/`dequantize` never communicate.
+    vq = VectorQuantize(num_codewords=1024, embedding_dim=256, cos_dist=True, proj_dim=8,
+                        penalty_weight=0.1, init_method="latent_random")
+    out = vq(z_e)                  # QuantizerOutput: z_q, indices, loss (add it to yours), metrics
+    indices = vq.quantize(z_e)     # (B, H, W)
+    z_q = vq.dequantize(indices)   # (B, D, H, W)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass, field
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from vqgpt.config import QuantizerConfig
+from vqgpt.config import VQConfig
 from vqgpt.errors import UserError
+from vqgpt.tokenizers.quantizers.base import Quantizer, QuantizerOutput, _all_reduce, _broadcast, _sample_rows
 
 INIT_METHODS = ("random", "uniform", "latent_random", "kmeans")
 GRADIENTS = ("ste", "rotation")
 LAPLACE_EPS = 1e-5  # EMA cluster-size smoothing (Sonnet's VectorQuantizerEMA)
-
-
-@dataclass
-class QuantizerOutput:
-    """What every quantizer's forward returns."""
-
-    z_q: Tensor  # (B, D, H, W), the input's shape; gradients reach z through it
-    indices: Tensor  # (B, H, W) long, in [0, num_codewords)
-    loss: Tensor  # scalar, already weighted: codebook + beta * commitment + penalty
-    metrics: dict[str, Tensor] = field(default_factory=dict)  # scalars; the caller prefixes `codebook/`
-
-
-# ---------------------------------------------------------------------------------------------------------
-# distributed helpers: no-ops unless torch.distributed is initialised with more than one rank
-
-
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _all_reduce(t: Tensor) -> Tensor:
-    if _world_size() > 1:
-        dist.all_reduce(t)
-    return t
-
-
-def _broadcast(t: Tensor) -> Tensor:
-    """Every rank gets rank 0's `t` (random choices made on rank 0 only)."""
-    if _world_size() > 1:
-        dist.broadcast(t, src=0)
-    return t
-
-
-def _sample_rows(x: Tensor, n: int) -> Tensor:
-    """n random rows of x (N, C), without replacement when there are enough."""
-    if len(x) >= n:
-        return x[torch.randperm(len(x), device=x.device)[:n]]
-    return x[torch.randint(len(x), (n,), device=x.device)]
 
 
 def _sq_dist(x: Tensor, codes: Tensor) -> Tensor:
@@ -100,63 +51,15 @@ def rotate_to(src: Tensor, tgt: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# the interface
-
-
-class Quantizer(nn.Module):
-    """Base class of every quantizer: the interface, plus the step counter and usage bookkeeping."""
-
-    def __init__(self, num_codewords: int, usage_window: int):
-        super().__init__()
-        self.num_codewords = num_codewords
-        self.usage_window = usage_window
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))  # training forwards so far
-        self.register_buffer("last_used", torch.full((num_codewords,), -1, dtype=torch.long))  # -1 = never
-
-    def forward(self, z: Tensor) -> QuantizerOutput:
-        """Quantize latents (B, D, H, W); in training mode also take one step of codebook bookkeeping."""
-        raise NotImplementedError
-
-    def quantize(self, z: Tensor) -> Tensor:
-        """Latents (B, D, H, W) -> code indices (B, H, W), long."""
-        raise NotImplementedError
-
-    def dequantize(self, indices: Tensor) -> Tensor:
-        """Code indices (B, H, W) -> quantized latents (B, D, H, W)."""
-        raise NotImplementedError
-
-    def _dead_mask(self) -> Tensor:
-        """Codes not used for the last `usage_window` steps, (K,) bool."""
-        return self.step - self.last_used.clamp(min=0) >= self.usage_window
-
-    @torch.no_grad()
-    def _count(self, indices: Tensor) -> Tensor:
-        """Code histogram (K,) float of this batch (of all ranks in training); marks the used codes."""
-        counts = torch.bincount(indices.flatten(), minlength=self.num_codewords).float()
-        if self.training:
-            _all_reduce(counts)
-            self.last_used[counts > 0] = self.step
-        return counts
-
-    @torch.no_grad()
-    def _metrics(self, counts: Tensor, dead: Tensor) -> dict[str, Tensor]:
-        probs = counts / counts.sum().clamp(min=1)
-        recent = (self.last_used >= 0) & (self.last_used > self.step - self.usage_window)
-        return {
-            "perplexity": torch.special.entr(probs).sum().exp(),  # of the batch histogram, in [1, K]
-            "usage": recent.float().mean(),  # fraction of codes used in the last usage_window steps
-            "dead_codes": dead.sum().float(),
-        }
-
-
-# ---------------------------------------------------------------------------------------------------------
 # vector quantization
 
 
 class VectorQuantize(Quantizer):
-    """Nearest-neighbour codebook quantizer (VQ-VAE) with the options of `QuantizerConfig`."""
+    """Nearest-neighbour codebook quantizer (VQ-VAE) with the options of `VQConfig` (or the same keywords)."""
 
-    def __init__(self, cfg: QuantizerConfig):
+    def __init__(self, config: VQConfig | None = None, **kwargs):
+        cfg = dataclasses.replace(config or VQConfig(), **kwargs)  # keyword arguments override the config
+        check_vq_config(cfg)
         super().__init__(cfg.num_codewords, cfg.usage_window)
         self.cfg = cfg
         K, d = cfg.num_codewords, cfg.embedding_dim
@@ -343,14 +246,9 @@ class VectorQuantize(Quantizer):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# config checks and the factory
+# config checks
 
-VQ_ONLY = ("cos_dist", "proj_dim", "random_proj", "init_method", "kmeans_iters", "pretrain_steps",
-           "penalty_weight", "penalty_sample_weight", "penalty_temperature", "beta", "decay", "restart_after",
-           "gradient")
-
-
-def check_quantizer_config(cfg: QuantizerConfig) -> None:
+def check_vq_config(cfg: VQConfig) -> None:
     """Raise a one-line UserError naming the key and the fix for the first bad setting in `cfg`."""
     key = "tokenizer.quantizer."
 
@@ -358,18 +256,9 @@ def check_quantizer_config(cfg: QuantizerConfig) -> None:
         if not ok:
             raise UserError(f"{key}{name}={getattr(cfg, name)!r} is invalid: {rule}")
 
-    need(cfg.name in QUANTIZERS, "name", f"choose one of {', '.join(sorted(QUANTIZERS))}")
     need(cfg.num_codewords >= 1, "num_codewords", "need at least 1 codeword")
     need(cfg.embedding_dim >= 1, "embedding_dim", "must be >= 1 (the encoder's output channels)")
     need(cfg.usage_window >= 1, "usage_window", "must be >= 1 step")
-    if cfg.name == "fsq":
-        defaults = QuantizerConfig()
-        for name in VQ_ONLY:
-            need(getattr(cfg, name) == getattr(defaults, name), name, "applies to name=vq only; remove it")
-        need(len(cfg.levels) >= 1 and min(cfg.levels) >= 2, "levels", "need >= 1 channel, each >= 2 levels")
-        need(cfg.num_codewords == math.prod(cfg.levels), "num_codewords",
-             f"for name=fsq it must equal prod(levels)={math.prod(cfg.levels)}; set it to that")
-        return
     need(cfg.init_method in INIT_METHODS, "init_method", f"choose one of {', '.join(INIT_METHODS)}")
     need(cfg.gradient in GRADIENTS, "gradient", f"choose one of {', '.join(GRADIENTS)}")
     need(cfg.proj_dim is None or 1 <= cfg.proj_dim < cfg.embedding_dim, "proj_dim",
@@ -383,18 +272,3 @@ def check_quantizer_config(cfg: QuantizerConfig) -> None:
     need(cfg.penalty_weight >= 0, "penalty_weight", "must be >= 0 (0 = off)")
     need(cfg.penalty_sample_weight >= 0, "penalty_sample_weight", "must be >= 0 (0 = off)")
     need(cfg.penalty_temperature > 0, "penalty_temperature", "must be > 0")
-
-
-def _fsq(cfg: QuantizerConfig) -> Quantizer:
-    from vqgpt.fsq import FSQ  # fsq.py builds on this module's base class
-
-    return FSQ(cfg)
-
-
-QUANTIZERS = {"vq": VectorQuantize, "fsq": _fsq}
-
-
-def build_quantizer(cfg: QuantizerConfig) -> Quantizer:
-    """Check `cfg` and build the quantizer its `name` picks."""
-    check_quantizer_config(cfg)
-    return QUANTIZERS[cfg.name](cfg)

@@ -5,7 +5,7 @@ The encoder/decoder are taming-transformers' `Encoder`/`Decoder` (themselves fro
 a mid block with attention. An image (B, C, H, W) in [-1, 1] becomes a (B, h, w) grid of code indices,
 h = H / f with f = 2 ** (len(ch_mult) - 1).
 
-    model = VQGAN(cfg)                         # cfg: TokenizerConfig
+    model = VQGAN(cfg)                         # cfg: VQGANConfig
     x_rec, q = model(x)                        # q: QuantizerOutput (z_q, indices, loss, metrics)
     indices = model.tokenize(x)                # (B, h, w), for the GPT
     images = model.decode_indices(indices)     # (B, C, H, W)
@@ -20,18 +20,19 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from vqgpt.checkpoint import register_model
-from vqgpt.config import TokenizerConfig
+from vqgpt.config import VQGANConfig
 from vqgpt.errors import UserError
-from vqgpt.quantize import QuantizerOutput, build_quantizer
+from vqgpt.registry import register_model
+from vqgpt.tokenizers.base import Tokenizer
+from vqgpt.tokenizers.quantizers import QuantizerOutput, build_quantizer
 
 
-def downsample_factor(cfg: TokenizerConfig) -> int:
+def downsample_factor(cfg: VQGANConfig) -> int:
     """f: each `ch_mult` entry after the first halves the side once."""
     return 2 ** (len(cfg.ch_mult) - 1)
 
 
-def check_tokenizer_config(cfg: TokenizerConfig) -> None:
+def check_tokenizer_config(cfg: VQGANConfig) -> None:
     """Refuse a config the model cannot be built from, naming the key and the fix on one line."""
     if len(cfg.ch_mult) == 0:
         raise UserError("tokenizer.ch_mult is empty; give one channel multiplier per level, e.g. [1, 2, 2]")
@@ -156,7 +157,7 @@ class MidBlock(nn.Sequential):
 class Encoder(nn.Module):
     """(B, in_channels, H, W) -> (B, z_channels [x2 if double_z], H/f, W/f)."""
 
-    def __init__(self, cfg: TokenizerConfig):
+    def __init__(self, cfg: VQGANConfig):
         super().__init__()
         widths = [cfg.channels * m for m in cfg.ch_mult]
         self.conv_in = nn.Conv2d(cfg.in_channels, cfg.channels, kernel_size=3, padding=1)
@@ -184,7 +185,7 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """(B, z_channels, h, w) -> (B, in_channels, h*f, w*f); num_res_blocks + 1 per level."""
 
-    def __init__(self, cfg: TokenizerConfig):
+    def __init__(self, cfg: VQGANConfig):
         super().__init__()
         widths = [cfg.channels * m for m in cfg.ch_mult]
         resolution = cfg.image_size // downsample_factor(cfg)
@@ -212,11 +213,11 @@ class Decoder(nn.Module):
 # The model
 
 
-@register_model("vqgan", TokenizerConfig)
-class VQGAN(nn.Module):
+@register_model("vqgan", VQGANConfig)
+class VQGAN(Tokenizer):
     """Encoder -> quant_conv -> quantizer -> post_quant_conv -> decoder, built from its config alone."""
 
-    def __init__(self, cfg: TokenizerConfig):
+    def __init__(self, cfg: VQGANConfig):
         super().__init__()
         check_tokenizer_config(cfg)
         self.config = cfg
@@ -239,7 +240,7 @@ class VQGAN(nn.Module):
         return side, side
 
     @property
-    def num_codewords(self) -> int:
+    def codebook_size(self) -> int:
         """K, the token vocabulary size."""
         return self.quantizer.num_codewords
 
@@ -272,8 +273,12 @@ class VQGAN(nn.Module):
         return self.decoder(self.post_quant_conv(z_q))
 
     def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
-        """Code indices (B, h, w) -> images (B, C, H, W)."""
+        """Code indices (B, h, w) -> images (B, C, H, W), not clamped (training and evaluation compare these)."""
         return self.decode(self.quantizer.dequantize(indices))
+
+    def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token grids (B, h, w) or sequences (B, h*w) -> images (B, C, H, W) in [-1, 1], float32."""
+        return self.decode_indices(tokens.reshape(-1, *self.latent_grid)).float().clamp(-1, 1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, QuantizerOutput]:
         """Reconstruct images; the QuantizerOutput carries the (already weighted) codebook loss."""

@@ -35,7 +35,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 MEDMNIST_SIZES = (28, 64, 128, 224)
 MEDMNIST_FLAGS = ("chestmnist", "bloodmnist", "dermamnist", "octmnist", "tissuemnist", "pneumoniamnist",
                   "retinamnist")
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
 # Folders outside ./data and ~/.cache/vqgpt where a package manager or library puts a dataset.
 SYSTEM_PLACES = {
     "fashionmnist": ["/usr/share/datasets/fashion-mnist"],  # Debian: apt-get install dataset-fashion-mnist

@@ -8,7 +8,7 @@ learned start token (unconditional) or a class token (class-conditional, LlamaGe
 
     model = GPT(cfg)                                  # cfg: GPTConfig, vocab/block/classes already filled
     logits, loss = model(tokens, labels, targets=tokens)   # training: logits[:, i] predicts tokens[:, i]
-    cache = model.new_cache()                         # sampling (see vqgpt.sampling.generate)
+    cache = model.new_cache()                         # sampling (see vqgpt.generate.sampling.generate)
     logits = model.prefill(cond, prefix, cache)       # (B, V): the token after the prefix
     logits = model.decode_one(token, cache)           # (B, V): the token after that
 """
@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from vqgpt.checkpoint import register_model
 from vqgpt.config import GPTConfig
 from vqgpt.errors import UserError
+from vqgpt.registry import register_model
 
 
 def check_gpt_config(cfg: GPTConfig) -> None:
@@ -39,8 +39,9 @@ def check_gpt_config(cfg: GPTConfig) -> None:
     if cfg.n_embd % cfg.n_head != 0:
         raise UserError(f"gpt.n_embd={cfg.n_embd} is not divisible by gpt.n_head={cfg.n_head}; "
                         "pick n_embd as a multiple of n_head")
-    if cfg.num_classes < 0:
-        raise UserError(f"gpt.num_classes={cfg.num_classes} must be >= 0 (0 = unconditional)")
+    if cfg.num_classes is None or cfg.num_classes < 0:
+        raise UserError(f"gpt.num_classes={cfg.num_classes} must be >= 0 (0 = unconditional); train_gpt.py fills "
+                        "null from the dataset")
     for key in ("dropout", "class_dropout"):
         if not 0.0 <= getattr(cfg, key) < 1.0:
             raise UserError(f"gpt.{key}={getattr(cfg, key)} must be in [0, 1)")

@@ -100,7 +100,7 @@ class VQGANLoss(nn.Module):
         if lpips is None and cfg.perceptual_weight > 0:
             raise UserError(
                 f"tokenizer.loss.perceptual_weight={cfg.perceptual_weight} needs an LPIPS network; "
-                "build one with vqgpt.lpips_weights.build_lpips or set perceptual_weight=0"
+                "build one with vqgpt.eval.lpips.build_lpips or set perceptual_weight=0"
             )
         self.cfg = cfg
         self.perceptual = lpips.eval().requires_grad_(False) if lpips is not None else None

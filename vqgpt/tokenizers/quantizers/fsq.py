@@ -2,25 +2,41 @@
 
 Each of len(levels) channels is bounded and rounded to one of levels[i] values; the codebook is the implicit
 grid of K = prod(levels) points, so there is no codebook to learn, no codebook loss and nothing to collapse.
-Same interface and usage metrics as `VectorQuantize` (vqgpt/quantize.py).
+Same interface and usage metrics as `VectorQuantize` (vq.py); keyword arguments take `FSQConfig`'s defaults:
+
+    fsq = FSQ(levels=[8, 5, 5, 5], embedding_dim=64)   # K = 1000
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from vqgpt.config import QuantizerConfig
-from vqgpt.quantize import Quantizer, QuantizerOutput
+from vqgpt.config import FSQConfig
+from vqgpt.errors import UserError
+from vqgpt.tokenizers.quantizers.base import Quantizer, QuantizerOutput
+
+
+def check_fsq_config(cfg: FSQConfig) -> None:
+    """Raise a one-line UserError naming the key and the fix for a bad FSQ setting."""
+    if len(cfg.levels) < 1 or min(cfg.levels) < 2:
+        raise UserError(f"tokenizer.quantizer.levels={list(cfg.levels)} is invalid: need >= 1 channel, each >= 2 "
+                        "levels")
+    for key in ("embedding_dim", "usage_window"):
+        if getattr(cfg, key) < 1:
+            raise UserError(f"tokenizer.quantizer.{key}={getattr(cfg, key)} is invalid: must be >= 1")
 
 
 class FSQ(Quantizer):
     """Finite scalar quantizer: project d -> len(levels), bound, round per channel, project back."""
 
-    def __init__(self, cfg: QuantizerConfig):
+    def __init__(self, config: FSQConfig | None = None, **kwargs):
+        cfg = dataclasses.replace(config or FSQConfig(), **kwargs)  # keyword arguments override the config
+        check_fsq_config(cfg)
         super().__init__(math.prod(cfg.levels), cfg.usage_window)
         self.cfg = cfg
         d, L = cfg.embedding_dim, len(cfg.levels)

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqgpt.checkpoint import register_model
 from vqgpt.config import ClassifierConfig
 from vqgpt.errors import UserError
+from vqgpt.registry import register_model
 
 
 def check_classifier_config(cfg: ClassifierConfig) -> None:

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from vqgpt.config import TokenizerConfig
+from vqgpt.config import VQGANConfig
 from vqgpt.errors import UserError
 
 KERNEL, PADDING = 4, 1
@@ -67,7 +67,7 @@ class NLayerDiscriminator(nn.Module):
         return self.main(x)
 
 
-def build_discriminator(cfg: TokenizerConfig) -> NLayerDiscriminator:
+def build_discriminator(cfg: VQGANConfig) -> NLayerDiscriminator:
     """The PatchGAN for this tokenizer's images, sized by `cfg.loss.disc_channels` / `disc_layers`."""
     loss = cfg.loss
     if loss.disc_channels < 1:

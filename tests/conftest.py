@@ -1,0 +1,94 @@
+"""Shared fixtures: scripts run as a user types them (private HOME and cache, no network), and tiny checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from vqgpt.checkpoint import save_checkpoint
+from vqgpt.config import DatasetConfig, GPTConfig, VQConfig, VQGANConfig
+from vqgpt.data import dataset_info
+from vqgpt.models.gpt import GPT
+from vqgpt.tokenizers.vqgan.model import VQGAN
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# 8x8 RGB patterns, 6 named classes: the data of the tiny checkpoints below.
+PATTERNS = DatasetConfig(name="patterns", image_size=8, channels=3, num_classes=6, num_train=24, num_test=8,
+                         class_names=["checkerboard", "horizontal_stripes", "vertical_stripes", "diagonal_stripes",
+                                      "circle", "square"])
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_cache(tmp_path_factory) -> Path:
+    """vqgpt's cache (token caches, converted weights) in a session temp dir, never the user's."""
+    path = tmp_path_factory.mktemp("vqgpt-cache")
+    old = os.environ.get("VQGPT_CACHE")
+    os.environ["VQGPT_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("VQGPT_CACHE", None)
+    else:
+        os.environ["VQGPT_CACHE"] = old
+
+
+def _run_script(name: str, *overrides: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """scripts/<name> in `cwd` as a user runs it, with a private HOME (no user caches) and no wandb network."""
+    full = {**os.environ, "HOME": str(cwd), "VQGPT_CACHE": str(cwd / ".cache" / "vqgpt"), "WANDB_MODE": "disabled",
+            "PYTHONUNBUFFERED": "1", **(env or {})}
+    full.pop("XDG_CACHE_HOME", None)
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / name), *overrides], cwd=cwd, env=full,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def run_script() -> Callable[..., subprocess.CompletedProcess]:
+    """`run_script("train_gpt.py", "key=value", ..., cwd=tmp_path)`: a real script in a subprocess."""
+    return _run_script
+
+
+def one_error_line(out: subprocess.CompletedProcess) -> str:
+    """The single `error:` line a refused command prints (asserting exit 2 and nothing else on stderr)."""
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 2, out.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+    return lines[0]
+
+
+def make_tokenizer(path: Path, data: DatasetConfig = PATTERNS, seed: int = 0) -> VQGAN:
+    """An untrained 8x8 -> 4x4-token VQ-GAN (K=32) saved as a tokenizer checkpoint of `data`."""
+    torch.manual_seed(seed)
+    cfg = VQGANConfig(in_channels=data.channels, image_size=data.image_size, channels=8, ch_mult=[1, 2],
+                      num_res_blocks=1, z_channels=8, embed_dim=4, quantizer=VQConfig(num_codewords=32, embedding_dim=4))
+    model = VQGAN(cfg).eval()
+    meta = {**dataset_info(data), **model.checkpoint_meta(), "data_config": dataclasses.asdict(data)}
+    save_checkpoint(path, model, stage="tokenizer", arch="vqgan", meta=meta, step=0)
+    return model
+
+
+def make_gpt(path: Path, vocab_size: int = 32, grid: int = 4, data: DatasetConfig = PATTERNS) -> GPT:
+    """An untrained one-layer class-conditional GPT saved as a GPT checkpoint of `data`."""
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=vocab_size, block_size=grid * grid, num_classes=data.num_classes, n_layer=1,
+                    n_head=2, n_embd=16)
+    model = GPT(cfg).eval()
+    meta = {**dataset_info(data), "vocab_size": vocab_size, "block_size": grid * grid, "latent_grid": [grid, grid]}
+    save_checkpoint(path, model, stage="gpt", arch="gpt", meta=meta, step=0)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpts(tmp_path_factory) -> Path:
+    """tok/ (tokenizer), gpt/ (a GPT that fits it) and gpt_other/ (one that does not: K=16, 3x3 tokens)."""
+    root = tmp_path_factory.mktemp("ckpts")
+    make_tokenizer(root / "tok")
+    make_gpt(root / "gpt")
+    make_gpt(root / "gpt_other", vocab_size=16, grid=3)
+    return root

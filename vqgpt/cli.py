@@ -1,0 +1,154 @@
+"""What every script does around the library: compose the config (one-line errors), make the run dir, save the
+resolved config, and turn a UserError into one `error:` line with exit status 2.
+
+    @cli.main("train_tokenizer")
+    def main(run: TrainTokenizerRun) -> None:
+        train_tokenizer(run, *cli.make_run_dir(run))
+
+Hydra lives here, in config.py and in scripts/; the library takes the typed dataclasses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import re
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from vqgpt.config import CONFIG_DIR, register_configs, to_object
+from vqgpt.errors import UserError
+
+# Scripts whose experiments are recipes of one stage: `experiment=` takes only names with this prefix.
+EXPERIMENT_STAGE = {"train_tokenizer": "tokenizer_", "train_gpt": "gpt_"}
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn a UserError into one `error: ...` line on stderr and exit status 2 (no traceback wall)."""
+    try:
+        yield
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main(config_name: str) -> Callable[[Callable[[Any], Any]], Callable[[], None]]:
+    """Decorator for a script's entry point `fn(run)`, which gets the typed run config (a dataclass)."""
+
+    def decorate(fn: Callable[[Any], Any]) -> Callable[[], None]:
+        import hydra
+
+        def body(cfg: DictConfig) -> None:
+            with user_errors():
+                fn(to_object(cfg))
+
+        hydra_main = hydra.main(config_path=str(CONFIG_DIR), config_name=config_name, version_base="1.3")(body)
+
+        @functools.wraps(fn)
+        def entry() -> None:
+            register_configs()
+            with user_errors():
+                check_command_line(config_name, sys.argv[1:])
+            hydra_main()
+
+        return entry
+
+    return decorate
+
+
+def make_run_dir(run: Any) -> tuple[Path, dict[str, Any]]:
+    """Create the run's out_dir (inside Hydra's run dir when relative), write its resolved `config.yaml`;
+    returns (out_dir, the config as a plain dict for the logger)."""
+    out_dir = resolve_out_dir(run.out_dir)
+    config = OmegaConf.to_container(OmegaConf.structured(run))
+    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(config))
+    return out_dir, config  # type: ignore[return-value]
+
+
+def check_command_line(config_name: str, args: list[str]) -> None:
+    """Compose the config once before Hydra does, so a bad override is one UserError line, not Hydra's
+    12-30 lines; also refuse another stage's experiment and a run dir that cannot be created."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    if any(a.startswith("-") for a in args):  # --help, --cfg, -m ...: Hydra's own modes
+        return
+    prefix = EXPERIMENT_STAGE.get(config_name)
+    for arg in args:
+        name = arg.split("=", 1)[1] if arg.startswith("experiment=") else None
+        if prefix and name and not name.startswith(prefix):
+            raise UserError(f"experiment={name} is not a {config_name} experiment; choose one of: "
+                            f"{', '.join(experiments(prefix))}")
+    try:
+        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3", job_name=config_name):
+            cfg = compose(config_name, overrides=args, return_hydra_config=True)
+    except Exception as e:  # Hydra's and OmegaConf's errors have no common base worth naming
+        raise UserError(_compose_error(e, config_name)) from None
+    HydraConfig.instance().set_config(cfg)
+    try:
+        run_dir = Path(str(cfg.hydra.run.dir))
+    except Exception:  # an interpolation only a real run resolves: Hydra reports it itself
+        return
+    _check_creatable(run_dir, "hydra.run.dir")
+
+
+def experiments(prefix: str) -> list[str]:
+    """The experiment files of one stage, by name."""
+    return sorted(p.stem for p in (CONFIG_DIR / "experiment").glob(f"{prefix}*.yaml"))
+
+
+def _compose_error(e: Exception, config_name: str) -> str:
+    """Hydra's multi-line composition error as one line naming the problem and the fix."""
+    text = str(e)
+    missing = re.search(r"Could not find '([^']+)/([^'/]+)'", text)
+    if missing:
+        group, option = missing[1], missing[2]
+        options = sorted(getattr(e, "options", None) or re.findall(r"^\t(\S+)$", text, re.M))
+        if group == "experiment" and config_name in EXPERIMENT_STAGE:
+            options = [o for o in options if o.startswith(EXPERIMENT_STAGE[config_name])]
+        return f"{group}={option} is not a {group} option; choose one of: {', '.join(options)}"
+    first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    cause = e.__cause__
+    why = str(cause).strip().splitlines()[0] if cause is not None and str(cause).strip() else ""
+    if "not in '" in why:
+        return f"{first.rstrip('.')}: {why}; check the spelling (`--help` lists every key)"
+    if why:
+        return f"{first}: {why}"
+    return f"{first} (see `--help` for the config groups and keys)"
+
+
+def _check_creatable(path: Path, key: str) -> None:
+    """UserError unless `path` is a directory or could be made one (its first existing parent is a writable
+    directory)."""
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if probe == path and path.is_dir() and os.access(path, os.W_OK):
+        return
+    if not probe.is_dir():
+        raise UserError(f"{key}={path} cannot be created: {probe} is a file; pick another directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"{key}={path} cannot be created: no write permission in {probe}; pick another directory")
+
+
+def hydra_run_dir() -> Path:
+    """The current Hydra run dir (where outputs and the resolved config go)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def resolve_out_dir(out_dir: str) -> Path:
+    """`out_dir` as given when absolute, else inside Hydra's run dir; created if missing."""
+    path = Path(out_dir)
+    if not path.is_absolute():
+        path = hydra_run_dir() / path
+    _check_creatable(path, "out_dir")
+    path.mkdir(parents=True, exist_ok=True)
+    return path

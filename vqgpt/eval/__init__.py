@@ -1,0 +1,1 @@
+"""Evaluation: image and codebook metrics, LPIPS, and the pretrained-weights helper (weights.py)."""

@@ -1,0 +1,1 @@
+"""Generation: token sampling loops (sampling.py) and the image pipeline around them (pipeline.py)."""

@@ -1,0 +1,66 @@
+"""The model registry: which class (and config dataclass) a checkpoint's `arch` name rebuilds.
+
+    @register_model("vqgan", VQGANConfig)
+    class VQGAN(Tokenizer): ...
+
+vqgpt's own architectures are imported on demand, so loading one of their checkpoints needs no import by the
+caller; a model of your own registers itself when its module is imported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+from typing import TypeVar
+
+from torch import nn
+
+from vqgpt.errors import UserError
+
+# Where vqgpt's own architectures live (imported when a checkpoint names one).
+BUILTIN_ARCHS = {
+    "vqgan": "vqgpt.tokenizers.vqgan.model",
+    "gpt": "vqgpt.models.gpt",
+    "classifier": "vqgpt.models.classifier",
+}
+
+M = TypeVar("M", bound=nn.Module)
+_REGISTRY: dict[str, tuple[type[nn.Module], type]] = {}  # arch -> (model class, config dataclass)
+
+
+def register_model(arch: str, config_cls: type) -> Callable[[type[M]], type[M]]:
+    """Class decorator: checkpoints of `arch` rebuild as `model_cls(config_cls(**model_config))`."""
+    if not (isinstance(config_cls, type) and dataclasses.is_dataclass(config_cls)):
+        raise TypeError(f"register_model({arch!r}): config_cls must be a dataclass, got {config_cls!r}")
+
+    def register(model_cls: type[M]) -> type[M]:
+        old = _REGISTRY.get(arch)
+        name = f"{model_cls.__module__}.{model_cls.__qualname__}"
+        # The same class again (a reloaded module) is fine; two classes under one name is a bug.
+        if old is not None and f"{old[0].__module__}.{old[0].__qualname__}" != name:
+            raise ValueError(f"arch {arch!r} is already registered to {old[0].__qualname__}, not {name}")
+        _REGISTRY[arch] = (model_cls, config_cls)
+        return model_cls
+
+    return register
+
+
+def lookup(arch: str, where: str = "checkpoint") -> tuple[type[nn.Module], type]:
+    """(model class, config dataclass) of `arch`, importing vqgpt's own on demand; UserError if unknown."""
+    if arch not in _REGISTRY and arch in BUILTIN_ARCHS:
+        importlib.import_module(BUILTIN_ARCHS[arch])  # registers it
+    if arch not in _REGISTRY:
+        known = ", ".join(sorted(set(_REGISTRY) | set(BUILTIN_ARCHS)))
+        raise UserError(f"{where} has unknown arch {arch!r} (known: {known}); import the module that registers "
+                        "it, or upgrade vqgpt")
+    return _REGISTRY[arch]
+
+
+def check_model(model: nn.Module, arch: str) -> None:
+    """A caller bug (ValueError) unless `model` is the registered class of `arch` with its config type."""
+    if arch not in _REGISTRY:
+        raise ValueError(f"arch {arch!r} is not registered; decorate its model class with @register_model")
+    model_cls, config_cls = _REGISTRY[arch]
+    if not isinstance(model, model_cls) or not isinstance(getattr(model, "config", None), config_cls):
+        raise ValueError(f"arch {arch!r} needs a {model_cls.__name__} with .config a {config_cls.__name__}")

@@ -1,0 +1,105 @@
+"""What every training loop sets up first: device, CPU threads, autocast, seeds."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vqgpt.checkpoint import CONFIG_FILE, load_checkpoint, load_train_state
+from vqgpt.config import TrainerConfig
+from vqgpt.errors import UserError
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """`auto` = CUDA when available, else CPU; an unavailable explicit choice is a UserError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise UserError(f"device={name!r} is not a device name ({e}); use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device={name!r} asked for CUDA but none is available here; use device=cpu or auto")
+    return device
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when `precision` is bf16; full precision otherwise (CPU autocast is slow)."""
+    if precision not in ("bf16", "fp32"):
+        raise UserError(f"trainer.precision={precision!r} is not one of bf16, fp32")
+    if device.type == "cuda" and precision == "bf16":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def set_threads(num_threads: int | None) -> None:
+    """torch's intra-op CPU threads (`trainer.num_threads`); None keeps torch's choice (one per core).
+
+    On a small machine shared with other work, one thread per process avoids the 3-6x slowdown of threads
+    fighting for a busy core (docs/demo.md has the measurements)."""
+    if num_threads is None:
+        return
+    if num_threads < 1:
+        raise UserError(f"trainer.num_threads={num_threads} must be >= 1, or null for torch's choice")
+    torch.set_num_threads(num_threads)
+
+
+def check_trainer(t: TrainerConfig, train_size: int | None = None) -> None:
+    """Refuse trainer settings that would fail (or spin) later, naming the key and the fix, before step 1."""
+    for key in ("batch_size", "grad_accum", "log_every", "eval_every", "sample_and_save_freq",
+                "checkpoint_every"):
+        value = getattr(t, key)
+        if value < 1:
+            raise UserError(f"trainer.{key}={value} must be a positive integer")
+    for key in ("max_steps", "warmup_steps", "num_workers"):
+        if getattr(t, key) < 0:
+            raise UserError(f"trainer.{key}={getattr(t, key)} must be >= 0")
+    if t.lr <= 0 or t.min_lr < 0:
+        raise UserError(f"trainer.lr={t.lr} must be > 0 and trainer.min_lr={t.min_lr} >= 0")
+    if t.grad_clip is not None and t.grad_clip <= 0:
+        raise UserError(f"trainer.grad_clip={t.grad_clip} must be > 0, or null for off")
+    if train_size is not None and t.batch_size > train_size:
+        raise UserError(f"trainer.batch_size={t.batch_size} is larger than the {train_size} training images; "
+                        f"lower it to at most {train_size}")
+
+
+def check_checkpoint_target(path: Path) -> None:
+    """Refuse, before the first step, a checkpoint path the first save could not replace."""
+    if path.is_file():
+        raise UserError(f"{path} is a file, not a checkpoint directory; move it away or set out_dir=... elsewhere")
+    if path.is_dir() and any(path.iterdir()) and not (path / CONFIG_FILE).is_file():
+        raise UserError(f"{path} is a directory that is not a vqgpt checkpoint; move it away or set out_dir=... "
+                        "elsewhere")
+
+
+def resume_from(path: str, model: nn.Module, stage: str) -> dict[str, Any]:
+    """Load a run's weights into `model` and return its train state; one-line errors for another
+    architecture or a missing/damaged train state, before anything is overwritten."""
+    ckpt = load_checkpoint(path, expected_stage=stage)
+    ours, theirs = dataclasses.asdict(model.config), ckpt.meta["model_config"]
+    diff = [k for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k)]
+    if diff:
+        shown = "; ".join(f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in diff[:3])
+        raise UserError(f"resume={path} is another {stage} architecture ({shown}); resume with the config it was "
+                        "trained with (its config.json), or drop resume= to start a fresh run")
+    model.load_state_dict(ckpt.model.state_dict())
+    state = load_train_state(path)
+    if state is None:
+        raise UserError(f"resume={path} holds weights but no train_state.pt (optimizer, step, RNG), so training "
+                        "cannot continue exactly; drop resume= to start a fresh run (the weights stay usable for "
+                        "sampling and evaluation)")
+    return state
