@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from vqgpt.checkpoint import load_checkpoint, read_meta, rng_state, save_checkpoint, set_rng_state
-from vqgpt.config import SamplingConfig, TrainGPTRun
+from vqgpt.config import GPTConfig, SamplingConfig, TrainGPTRun
 from vqgpt.data.token_cache import TokenDataset, prepare_token_cache
 from vqgpt.errors import UserError
 from vqgpt.generate.pipeline import sample_class_grid
@@ -62,7 +62,7 @@ def newest_tokenizer(runs: Path = TOKENIZER_RUNS) -> str:
     return path
 
 
-def gpt_config(run: TrainGPTRun, header: dict, data_classes: int):
+def gpt_config(run: TrainGPTRun, header: dict, data_classes: int) -> GPTConfig:
     """The GPT's config: vocab and block size from the tokenizer, never from the config files; classes from
     the data unless gpt.num_classes says (0 = unconditional)."""
     h, w = header["grid"]
