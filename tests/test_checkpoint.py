@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -390,6 +391,39 @@ def test_dataclass_from_dict_rebuilds_nested_and_rejects_unknown_keys():
         dataclass_from_dict(TinyConfig, {"width": 1, "depth": 2})
 
 
+@pytest.mark.parametrize("data,message", [
+    ({"vocab_size": "two"}, 'TinyConfig.vocab_size="two" is not an int'),
+    ({"vocab_size": 2.5}, "TinyConfig.vocab_size=2.5 is not an int"),
+    ({"vocab_size": True}, "TinyConfig.vocab_size=true is not an int"),
+    ({"head": {"bias": "yes"}}, 'TinyConfig.head.bias="yes" is not a bool'),
+    ({"head": 3}, "TinyConfig.head=3 is not a JSON object"),
+    ({"extra_head": [1]}, r"TinyConfig.extra_head=\[1\] is not a JSON object \(HeadConfig\) or null"),
+])
+def test_dataclass_from_dict_refuses_a_value_of_another_type_naming_the_key(data, message):
+    with pytest.raises(UserError, match=message):
+        dataclass_from_dict(TinyConfig, data)
+
+
+def test_dataclass_from_dict_accepts_what_json_gives_for_each_type():
+    from vqgpt.config import FSQConfig, GPTConfig, VQGANConfig
+
+    assert dataclass_from_dict(TinyConfig, {"extra_head": None}) == TinyConfig()
+    gpt = dataclass_from_dict(GPTConfig, {"dropout": 0, "num_classes": None, "bias": True})
+    assert gpt.dropout == 0.0 and isinstance(gpt.dropout, float) and gpt.num_classes is None  # int fits a float
+    config = VQGANConfig(quantizer=FSQConfig(levels=[4, 4]), attn_resolutions=[8])
+    assert dataclass_from_dict(VQGANConfig, json.loads(json.dumps(dataclasses.asdict(config)))) == config
+    with pytest.raises(UserError, match=r'model_config.quantizer.levels=\[4, "4"\] is not a list of ints'):
+        dataclass_from_dict(VQGANConfig, {"quantizer": {"name": "fsq", "levels": [4, "4"]}}, where="model_config")
+
+
+def test_wrong_value_type_in_config_json_is_one_line_naming_key_and_file(tmp_path):
+    path = save(tmp_path / "ckpt")
+    meta = json.loads((path / "config.json").read_text())
+    edit_config(path, model_config={**meta["model_config"], "n_embd": "eight"})
+    with pytest.raises(UserError, match='config.json: model_config.n_embd="eight" is not an int; correct that value'):
+        load_model(path)
+
+
 def test_register_model_refuses_a_second_class_under_the_same_arch():
     with pytest.raises(ValueError, match="already registered"):
         register_model("test_tiny", TinyConfig)(type("Other", (nn.Module,), {}))
@@ -402,14 +436,18 @@ def test_temp_dirs_from_killed_saves_are_not_checkpoints(tmp_path):
         read_meta(path)
 
 
-def test_checkpoint_dir_gets_the_usual_permissions(tmp_path):
-    old_umask = os.umask(0o022)
+@pytest.mark.parametrize("umask,dir_mode,file_mode", [(0o022, 0o755, 0o644), (0o077, 0o700, 0o600)])
+def test_every_checkpoint_file_follows_the_umask(tmp_path, umask, dir_mode, file_mode):
+    """Regression: model.safetensors came out 0600 (safetensors' own choice) beside a 0644 config.json."""
+    old_umask = os.umask(umask)
     try:
-        path = save(tmp_path / "ckpt")
+        path = save(tmp_path / "ckpt", train_state={"step": 1})
+        save(path, step=2, train_state={"step": 2})  # a save over an older checkpoint too
     finally:
         os.umask(old_umask)
-    assert path.stat().st_mode & 0o777 == 0o755  # readable by the team, unlike a mkdtemp dir
-    assert (path / "config.json").stat().st_mode & 0o777 == 0o644
+    assert path.stat().st_mode & 0o777 == dir_mode  # readable by the team under 022, unlike a mkdtemp dir
+    modes = {p.name: p.stat().st_mode & 0o777 for p in path.iterdir()}
+    assert modes == {"config.json": file_mode, "model.safetensors": file_mode, "train_state.pt": file_mode}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

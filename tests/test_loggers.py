@@ -54,6 +54,21 @@ def test_wandb_online_without_a_key_is_a_clear_error(no_wandb_key):
         resolve_wandb_mode("sometimes")
 
 
+@pytest.mark.parametrize("value", ["bogus", "online"])
+def test_bad_wandb_mode_environment_variable_is_named_as_such(no_wandb_key, monkeypatch, value):
+    """Regression: WANDB_MODE=bogus was blamed on logger.mode, which the user never set."""
+    monkeypatch.setenv("WANDB_MODE", value)
+    with pytest.raises(UserError, match="WANDB_MODE") as err:
+        resolve_wandb_mode(None)
+    assert "logger.mode=" + value not in str(err.value) and "\n" not in str(err.value)
+    assert resolve_wandb_mode("disabled") == "disabled"  # logger.mode, when set, wins over the variable
+
+
+def test_wandb_mode_environment_variable_takes_wandbs_old_names(no_wandb_key, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "dryrun")
+    assert resolve_wandb_mode(None) == "offline"
+
+
 def test_unknown_logger_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="logger='tensorboard'"):
         build_logger(LoggerConfig(name="tensorboard"), tmp_path, config={})
@@ -66,8 +81,12 @@ def test_wandb_disabled_run_logs_without_network(no_wandb_key, tmp_path):
     assert json.loads((tmp_path / "metrics.jsonl").read_text())["train/loss"] == 2.0
 
 
-def test_wandb_without_a_key_runs_offline_and_writes_a_local_run(no_wandb_key, tmp_path):
+def test_wandb_without_a_key_runs_offline_says_so_and_how_to_upload(no_wandb_key, tmp_path, capsys):
     logger = build_logger(LoggerConfig(name="wandb"), tmp_path, config={"a": 1})
     logger.log({"train/loss": 2.0}, step=1)
     logger.finish()
-    assert list((tmp_path / "wandb").glob("offline-run-*/*.wandb"))
+    [run] = (tmp_path / "wandb").glob("offline-run-*")
+    assert list(run.glob("*.wandb"))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("wandb:")]
+    assert lines == [f"wandb: running offline (no wandb API key is set); upload this run later with "
+                     f"`wandb sync {run}`"]

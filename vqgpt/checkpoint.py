@@ -67,10 +67,12 @@ class Checkpoint:
     path: Path
 
 
-def dataclass_from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
-    """Rebuild a (nested) config dataclass from a plain dict, rejecting keys it does not have."""
+def dataclass_from_dict(cls: type[T], data: Mapping[str, Any], where: str | None = None) -> T:
+    """Rebuild a (nested) config dataclass from a plain dict, rejecting keys it does not have and values of
+    another type than the field's (an int is fine for a float); errors name the key as `where.key`."""
+    where = where or cls.__name__
     if not isinstance(data, Mapping):
-        raise UserError(f"{cls.__name__} expects a JSON object, got {type(data).__name__}")
+        raise UserError(f"{where} should be a JSON object, not {type(data).__name__} {data!r}")
     unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls) if f.init})
     if unknown:
         raise UserError(f"unknown keys for {cls.__name__}: {', '.join(unknown)}")
@@ -80,19 +82,71 @@ def dataclass_from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
     for key, value in data.items():
         if key in choices and isinstance(value, Mapping):  # one of several schemas, picked by its `name`
             if value.get("name") not in choices[key]:
-                raise UserError(f"{cls.__name__}.{key}: unknown name {value.get('name')!r} (known: "
+                raise UserError(f"{where}.{key}.name: unknown name {value.get('name')!r} (known: "
                                 f"{', '.join(choices[key])})")
-            kwargs[key] = dataclass_from_dict(choices[key][value["name"]], value)
+            kwargs[key] = dataclass_from_dict(choices[key][value["name"]], value, f"{where}.{key}")
             continue
         hint = hints[key]  # a nested dataclass is `X` or `X | None`
-        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-        options = typing.get_args(hint) if union else (hint,)
-        sub = next((t for t in options if dataclasses.is_dataclass(t)), None)
-        kwargs[key] = dataclass_from_dict(sub, value) if sub and isinstance(value, Mapping) else value
+        sub = next((t for t in _options(hint) if dataclasses.is_dataclass(t)), None)
+        if sub and isinstance(value, Mapping):
+            kwargs[key] = dataclass_from_dict(sub, value, f"{where}.{key}")
+        elif _fits(value, hint):
+            kwargs[key] = float(value) if hint is float else value
+        else:
+            raise UserError(f"{where}.{key}={json.dumps(value)} is not {_kind(hint)}")
     try:
         return cls(**kwargs)
     except TypeError as e:  # a field without a default is missing
         raise UserError(f"cannot build {cls.__name__}: {e}") from None
+
+
+def _options(hint: Any) -> tuple[Any, ...]:
+    """The alternatives of a union (`X | None`), or the hint alone."""
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    return typing.get_args(hint) if union else (hint,)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a field's type hint: bool, int, float (an int too), str, list[X], dict,
+    None where optional; anything for Any and for types JSON cannot hold."""
+    if hint is Any:
+        return True
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_fits(value, option) for option in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    origin = typing.get_origin(hint)
+    if origin in (list, tuple):
+        args = typing.get_args(hint)
+        item = args[0] if args and (origin is list or (len(args) == 2 and args[1] is Ellipsis)) else Any
+        return isinstance(value, list) and all(_fits(v, item) for v in value)
+    if origin is dict or hint is dict:
+        return isinstance(value, Mapping)
+    if dataclasses.is_dataclass(hint):
+        return isinstance(value, Mapping)
+    return True
+
+
+def _kind(hint: Any) -> str:
+    """A type hint in words, for error messages: `an int`, `a list of float`, `a str or null`."""
+    names = {bool: "a bool (true/false)", int: "an int", float: "a number", str: "a string", type(None): "null"}
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_kind(option) for option in typing.get_args(hint))
+    if typing.get_origin(hint) in (list, tuple):
+        args = typing.get_args(hint)
+        plural = {bool: "bools", int: "ints", float: "numbers", str: "strings"}
+        return f"a list of {plural[args[0]]}" if args and args[0] in plural else "a list"
+    if dataclasses.is_dataclass(hint):
+        return f"a JSON object ({hint.__name__})"
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
 
 
 def save_checkpoint(
@@ -168,7 +222,25 @@ def _write_files(tmp: Path, model: nn.Module, record: dict, train_state: Mapping
             torch.load(tmp / TRAIN_STATE_FILE, map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:
             raise ValueError(f"train_state takes tensors and plain containers only: {_one_line(e)}") from e
+    # safetensors creates its file 0600 whatever the umask; every file follows the user's umask instead, so a
+    # checkpoint a team shares is readable as a whole (or private as a whole under umask 077).
+    mode = 0o666 & ~_umask()
+    for file in tmp.iterdir():
+        file.chmod(mode)
     _fsync(tmp)
+
+
+def _umask() -> int:
+    """The process umask, read from /proc where it can be (os.umask can only read it by setting it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync(path: Path) -> None:
@@ -254,10 +326,13 @@ def load_checkpoint(
     ckpt = _resolve(path)
     meta = _read_config(ckpt, expected_stage)
     model_cls, config_cls = registry.lookup(meta["arch"], where=str(ckpt))
-    written_by = f"use the vqgpt that wrote it ({meta['versions'].get('vqgpt')})"
+    version = meta["versions"].get("vqgpt") if isinstance(meta["versions"], dict) else None
+    written_by = f"use the vqgpt that wrote it ({version})"
     try:
-        config = dataclass_from_dict(config_cls, meta["model_config"])
+        config = dataclass_from_dict(config_cls, meta["model_config"], where="model_config")
     except UserError as e:
+        if version == _versions()["vqgpt"]:  # this very code wrote it, so the file was edited or damaged
+            raise UserError(f"{ckpt / CONFIG_FILE}: {e}; correct that value, or use another checkpoint") from None
         raise UserError(f"{ckpt}: model_config does not fit this code ({e}); {written_by}") from None
     if not (ckpt / WEIGHTS_FILE).is_file():
         raise UserError(f"{ckpt} has no {WEIGHTS_FILE}; the checkpoint is incomplete, use another")
@@ -296,8 +371,8 @@ def load_train_state(path: str | os.PathLike, map_location: str | torch.device =
         state = torch.load(file, map_location=map_location, weights_only=True)
     except Exception as e:
         raise UserError(f"{file} is damaged or refused ({_one_line(e)}), so training cannot continue from it; "
-                        f"drop resume= to start a fresh run (the weights in {file.parent} stay usable for "
-                        "sampling and evaluation)") from None
+                        "resume from an intact copy of the run, or drop resume= to start a fresh run (the weights in "
+                        f"{file.parent} stay usable for sampling and evaluation)") from None
     if not isinstance(state, dict):
         raise UserError(f"{file} holds a {type(state).__name__}, not a dict, so training cannot continue from it; "
                         "drop resume= to start a fresh run")
@@ -320,7 +395,10 @@ def _one_line(e: BaseException) -> str:
     if "Weights only load failed" in text:  # torch's refusal; don't echo its "retry with weights_only=False"
         found = re.search(r"GLOBAL ([\w.]+)", text)  # what the pickle would have called, if it says
         return "it holds pickled objects weights_only loading refuses" + (f" ({found[1]})" if found else "")
-    return " ".join(line.strip() for line in text.splitlines() if line.strip())[:300]
+    text = " ".join(line.strip() for line in text.splitlines() if line.strip())
+    if len(text) > 160 and ". " in text[:300]:  # a long library message: its first sentence says what broke
+        return text[: text.index(". ") + 1]
+    return text[:300]
 
 
 def rng_state() -> dict[str, Any]:

@@ -73,7 +73,8 @@ def make_run_dir(run: Any) -> tuple[Path, dict[str, Any]]:
 
 def check_command_line(config_name: str, args: list[str]) -> None:
     """Compose the config once before Hydra does, so a bad override is one UserError line, not Hydra's
-    12-30 lines; also refuse another stage's experiment and a run dir that cannot be created."""
+    12-30 lines, and nothing is created; also refuse another stage's experiment, a key added with `+` that the
+    schema lacks, and a run dir that cannot be created."""
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
 
@@ -83,19 +84,30 @@ def check_command_line(config_name: str, args: list[str]) -> None:
     for arg in args:
         name = arg.split("=", 1)[1] if arg.startswith("experiment=") else None
         if prefix and name and not name.startswith(prefix):
-            raise UserError(f"experiment={name} is not a {config_name} experiment; choose one of: "
-                            f"{', '.join(experiments(prefix))}")
+            owner = next((f" (a {script} experiment: python scripts/{script}.py experiment={name})"
+                          for script, p in EXPERIMENT_STAGE.items() if name.startswith(p)), "")
+            raise UserError(f"experiment={name} is not a {config_name} experiment{owner}; {config_name} takes one "
+                            f"of: {', '.join(experiments(prefix))}")
     try:
         with initialize_config_dir(str(CONFIG_DIR), version_base="1.3", job_name=config_name):
             cfg = compose(config_name, overrides=args, return_hydra_config=True)
     except Exception as e:  # Hydra's and OmegaConf's errors have no common base worth naming
         raise UserError(_compose_error(e, config_name)) from None
     HydraConfig.instance().set_config(cfg)
+    _check_added_keys(cfg)
     try:
         run_dir = Path(str(cfg.hydra.run.dir))
     except Exception:  # an interpolation only a real run resolves: Hydra reports it itself
         return
     _check_creatable(run_dir, "hydra.run.dir")
+
+
+def _check_added_keys(cfg: DictConfig) -> None:
+    """A misspelt key added with `+key=value` (which Hydra lets through) fails here, before any run dir."""
+    from vqgpt.config import _check_known_keys
+
+    run = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    _check_known_keys(run, prefix="")
 
 
 def experiments(prefix: str) -> list[str]:
@@ -110,17 +122,66 @@ def _compose_error(e: Exception, config_name: str) -> str:
     if missing:
         group, option = missing[1], missing[2]
         options = sorted(getattr(e, "options", None) or re.findall(r"^\t(\S+)$", text, re.M))
+        options = [o for o in options if not o.endswith("_schema")]  # the typed schemas, not choices
         if group == "experiment" and config_name in EXPERIMENT_STAGE:
             options = [o for o in options if o.startswith(EXPERIMENT_STAGE[config_name])]
-        return f"{group}={option} is not a {group} option; choose one of: {', '.join(options)}"
-    first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+        own = " (or dataset=folder dataset.root=<dir> for a folder of your own images)" if group == "dataset" else ""
+        return f"{group}={option} is unknown; choose one of: {', '.join(options)}{own}"
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    first = lines[0] if lines else type(e).__name__
+    if first.startswith("Error parsing override"):
+        detail = f": {lines[1]}" if len(lines) > 1 and not lines[1].startswith("See ") else ""
+        return (f"{first}{detail}; write key=value, e.g. trainer.max_steps=100 (`--help` lists every key; "
+                "quote values with spaces or brackets)")
     cause = e.__cause__
     why = str(cause).strip().splitlines()[0] if cause is not None and str(cause).strip() else ""
-    if "not in '" in why:
-        return f"{first.rstrip('.')}: {why}; check the spelling (`--help` lists every key)"
+    key = getattr(cause, "full_key", None) or ""
+    unknown = re.match(r"Key '([^']+)' not in '([^']+)'", why)
+    if unknown:
+        return _unknown_key(key or unknown[1], unknown[1], unknown[2])
+    merging = re.match(r"Error merging override (.+)", first)
+    if merging and why:
+        return f"{merging[1]}: {_type_problem(why)} (`--help` shows every key with its default)"
     if why:
         return f"{first}: {why}"
     return f"{first} (see `--help` for the config groups and keys)"
+
+
+def _unknown_key(full_key: str, key: str, schema_name: str) -> str:
+    """`trainer.lrr` -> a line with the close match, the schema's keys, or the group option that has the key."""
+    import dataclasses
+    import difflib
+
+    from vqgpt import config
+
+    schema = getattr(config, schema_name, None)
+    known = sorted(f.name for f in dataclasses.fields(schema)) if dataclasses.is_dataclass(schema) else []
+    parent = full_key[: -len(key)]
+    for group, schemas in config.GROUP_SCHEMAS.items():  # a key of another implementation: name its option
+        if schema not in schemas.values():
+            continue
+        owners = [n.removesuffix("_schema") for n, other in schemas.items()
+                  if other is not schema and key in {f.name for f in dataclasses.fields(other)}]
+        if owners:
+            return (f"{full_key} is not a {schema_name} key: {key} belongs to {group}={owners[0]}; choose that with "
+                    f"{group}={owners[0]}, or drop {full_key}")
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"did you mean {parent}{close[0]}? " if close else ""
+    return f"{full_key} is not a config key; {hint}{schema_name} has: {', '.join(known)}"
+
+
+def _type_problem(why: str) -> str:
+    """OmegaConf's type complaint, in the words of the value the user typed."""
+    value = re.match(r"Value '(.*)' of type '\w+' could not be converted to (\w+)", why)
+    if value:
+        kind = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false"}.get(value[2], value[2])
+        return f"'{value[1]}' is not {kind}"
+    value = re.match(r"Value '(.*)' is not a valid bool", why)
+    if value:
+        return f"'{value[1]}' is not true or false"
+    if "is not a ListConfig, list or tuple" in why:
+        return "a list is expected, e.g. [1,2]"
+    return why
 
 
 def _check_creatable(path: Path, key: str) -> None:

@@ -21,6 +21,7 @@ from vqgpt.config import LoggerConfig
 from vqgpt.errors import UserError
 
 WANDB_MODES = ("online", "offline", "disabled")
+WANDB_ALIASES = {"dryrun": "offline", "run": "online"}  # wandb's older names, still valid in WANDB_MODE
 
 
 def wandb_api_key_present() -> bool:
@@ -34,16 +35,23 @@ def wandb_api_key_present() -> bool:
 
 
 def resolve_wandb_mode(mode: str | None) -> str:
-    """The configured mode, or online with an API key and offline without one (never a login prompt)."""
+    """The configured mode, else $WANDB_MODE, else online with an API key and offline without one (never a login
+    prompt); a bad value is a UserError naming where it came from (logger.mode or the WANDB_MODE variable)."""
+    source = "logger.mode"
+    if mode is None and os.environ.get("WANDB_MODE"):
+        mode, source = os.environ["WANDB_MODE"], "the environment variable WANDB_MODE"
+        mode = WANDB_ALIASES.get(mode, mode)
+        if mode not in WANDB_MODES:
+            raise UserError(f"{source} is {os.environ['WANDB_MODE']!r}, not one of {', '.join(WANDB_MODES)}; fix or "
+                            "unset it (`unset WANDB_MODE`), or set logger.mode=...")
     if mode is None:
-        mode = os.environ.get("WANDB_MODE") or ("online" if wandb_api_key_present() else "offline")
+        mode = "online" if wandb_api_key_present() else "offline"
     if mode not in WANDB_MODES:
         raise UserError(f"logger.mode={mode!r} is not one of {', '.join(WANDB_MODES)}; pick one or leave it null")
     if mode == "online" and not wandb_api_key_present():
-        raise UserError(
-            "logger.mode=online but no wandb API key is set; run `wandb login`, set WANDB_API_KEY, "
-            "or use logger.mode=offline"
-        )
+        where = "logger.mode=online" if source == "logger.mode" else "WANDB_MODE=online (environment variable)"
+        raise UserError(f"{where} but no wandb API key is set; run `wandb login`, set WANDB_API_KEY, "
+                        "or use logger.mode=offline")
     return mode
 
 
@@ -92,6 +100,11 @@ class WandbLogger(Logger):
             # A bad network must not hang a training run: give up on the server after a minute.
             settings=wandb.Settings(init_timeout=60, silent=True),
         )
+        if mode == "offline":  # silent=True hides wandb's own notice; this is the one line that matters
+            why = ("logger.mode=offline" if cfg.mode else f"WANDB_MODE={os.environ['WANDB_MODE']}"
+                   if os.environ.get("WANDB_MODE") else "no wandb API key is set")
+            print(f"wandb: running offline ({why}); upload this run later with `wandb sync "
+                  f"{self.run.settings.sync_dir}`")
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         super().log(metrics, step)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import random
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vqgpt.checkpoint import CONFIG_FILE, load_checkpoint, load_train_state
+from vqgpt.checkpoint import CONFIG_FILE, TRAIN_STATE_FILE, dataclass_from_dict, load_checkpoint, load_train_state
 from vqgpt.config import TrainerConfig
 from vqgpt.errors import UserError
 
@@ -88,18 +89,81 @@ def check_checkpoint_target(path: Path) -> None:
 
 def resume_from(path: str, model: nn.Module, stage: str) -> dict[str, Any]:
     """Load a run's weights into `model` and return its train state; one-line errors for another
-    architecture or a missing/damaged train state, before anything is overwritten."""
+    architecture or a missing/damaged train state, before anything is overwritten.
+
+    The weights decide what "another architecture" is (names and shapes); the message names the config keys
+    that differ. Keys that leave the weights alone (loss weights, dropout, ...) may change on resume: a note says
+    which."""
     ckpt = load_checkpoint(path, expected_stage=stage)
-    ours, theirs = dataclasses.asdict(model.config), ckpt.meta["model_config"]
-    diff = [k for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k)]
-    if diff:
-        shown = "; ".join(f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in diff[:3])
-        raise UserError(f"resume={path} is another {stage} architecture ({shown}); resume with the config it was "
-                        "trained with (its config.json), or drop resume= to start a fresh run")
-    model.load_state_dict(ckpt.model.state_dict())
+    ours, theirs = _flat(dataclasses.asdict(model.config)), _flat(ckpt.meta["model_config"])
+    differ = [k for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k)]
+
+    def said(key: str) -> str:
+        return f"{stage}.{key}={_show(ours.get(key))} where the checkpoint has {_show(theirs.get(key))}"
+
+    shapes, saved = _shapes(model), _shapes(ckpt.model)
+    if shapes != saved:
+        diff = [said(k) for k in _keys_that_shape(model, theirs, differ)]
+        if not diff:  # same config, other weights: another code version built it
+            diff = [f"weights {k} of shape {shapes.get(k)} where the checkpoint has {saved.get(k)}"
+                    for k in sorted(set(shapes) | set(saved)) if shapes.get(k) != saved.get(k)]
+        more = f" and {len(diff) - 3} more" if len(diff) > 3 else ""
+        raise UserError(f"resume={path} is another {stage} architecture: {', '.join(diff[:3])}{more}; resume with "
+                        f"the config it was trained with (its {CONFIG_FILE}), or drop resume= to start a fresh run")
+    if differ:
+        print(f"resume: continuing {path} with {', '.join(said(k) for k in differ)}")
     state = load_train_state(path)
     if state is None:
-        raise UserError(f"resume={path} holds weights but no train_state.pt (optimizer, step, RNG), so training "
+        raise UserError(f"resume={path} holds weights but no {TRAIN_STATE_FILE} (optimizer, step, RNG), so training "
                         "cannot continue exactly; drop resume= to start a fresh run (the weights stay usable for "
                         "sampling and evaluation)")
+    model.load_state_dict(ckpt.model.state_dict())
     return state
+
+
+def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Every weight's and buffer's shape, by name."""
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _keys_that_shape(model: nn.Module, theirs: dict[str, Any], keys: list[str]) -> list[str]:
+    """Of the differing config keys, those whose checkpoint value alone changes the weights' shapes (tried on the
+    meta device: no memory, no compute), so the error names channels, not a loss weight; all when unsure."""
+    mine = dataclasses.asdict(model.config)
+    try:
+        with torch.device("meta"):
+            reference = _shapes(type(model)(dataclass_from_dict(type(model.config), mine)))
+    except Exception:  # a model that cannot be built on the meta device: name every difference
+        return keys
+    shaping = []
+    for key in keys:
+        variant = copy.deepcopy(mine)
+        *parents, leaf = key.split(".")
+        node = variant
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = theirs.get(key)
+        try:
+            with torch.device("meta"):
+                changed = _shapes(type(model)(dataclass_from_dict(type(model.config), variant))) != reference
+        except Exception:  # not buildable with only this key changed: it is tied to the shapes
+            changed = True
+        if changed:
+            shaping.append(key)
+    return shaping or keys
+
+
+def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as {"quantizer.num_codewords": 1024, ...}."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _show(value: Any) -> str:
+    """A config value as typed on the command line (`null`, `[1,2]`)."""
+    return "null" if value is None else str(value).replace(" ", "") if isinstance(value, list) else str(value)
