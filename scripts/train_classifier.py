@@ -8,11 +8,12 @@ run dir: config.yaml, metrics.jsonl, checkpoints/last, eval.json (test accuracy)
 
 from vqgpt import cli
 from vqgpt.config import TrainClassifierRun
-from vqgpt.train.classifier import train_classifier
 
 
 @cli.main("train_classifier")
 def main(run: TrainClassifierRun) -> None:
+    from vqgpt.train.classifier import train_classifier  # after the command line is checked: errors come in a second
+
     train_classifier(run, *cli.make_run_dir(run))
 
 

@@ -11,11 +11,12 @@ checkpoints/last (the GPT checkpoint sample.py reads).
 
 from vqgpt import cli
 from vqgpt.config import TrainGPTRun
-from vqgpt.train.gpt import train_gpt
 
 
 @cli.main("train_gpt")
 def main(run: TrainGPTRun) -> None:
+    from vqgpt.train.gpt import train_gpt  # after the command line is checked: errors come in a second
+
     train_gpt(run, *cli.make_run_dir(run))
 
 

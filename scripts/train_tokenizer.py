@@ -10,11 +10,12 @@ below), checkpoints/last (the tokenizer checkpoint the GPT stage reads) and eval
 
 from vqgpt import cli
 from vqgpt.config import TrainTokenizerRun
-from vqgpt.train.tokenizer import train_tokenizer
 
 
 @cli.main("train_tokenizer")
 def main(run: TrainTokenizerRun) -> None:
+    from vqgpt.train.tokenizer import train_tokenizer  # after the command line is checked: errors come in a second
+
     train_tokenizer(run, *cli.make_run_dir(run))
 
 

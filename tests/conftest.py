@@ -68,7 +68,8 @@ def make_tokenizer(path: Path, data: DatasetConfig = PATTERNS, seed: int = 0) ->
     """An untrained 8x8 -> 4x4-token VQ-GAN (K=32) saved as a tokenizer checkpoint of `data`."""
     torch.manual_seed(seed)
     cfg = VQGANConfig(in_channels=data.channels, image_size=data.image_size, channels=8, ch_mult=[1, 2],
-                      num_res_blocks=1, z_channels=8, embed_dim=4, quantizer=VQConfig(num_codewords=32, embedding_dim=4))
+                      num_res_blocks=1, z_channels=8, embed_dim=4,
+                      quantizer=VQConfig(num_codewords=32, embedding_dim=4))
     model = VQGAN(cfg).eval()
     meta = {**dataset_info(data), **model.checkpoint_meta(), "data_config": dataclasses.asdict(data)}
     save_checkpoint(path, model, stage="tokenizer", arch="vqgan", meta=meta, step=0)

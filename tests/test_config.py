@@ -90,7 +90,7 @@ def test_quantizer_subgroup_override():
 ])
 def test_misspelt_added_key_fails_naming_the_key(override, key):
     # `+key=value` opens Hydra's struct flag; to_object (the scripts' first step) still refuses it.
-    with pytest.raises(UserError, match=f"unknown config key '.*{key}'"):
+    with pytest.raises(UserError, match=f"{key} is not a config key"):
         to_object(_compose("train_tokenizer", [override]))
 
 

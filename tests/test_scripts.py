@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 import yaml
+
 
 def test_inspect_data_on_patterns_writes_summary_grid_and_resolved_config(tmp_path, run_script):
     out = run_script("inspect_data.py", "dataset=patterns", "dataset.num_train=40", "batch_size=16",
@@ -33,7 +33,8 @@ def test_missing_dataset_is_one_line_error_with_exit_2(tmp_path, run_script):
     assert "cifar10" in lines[0] and str(empty) in lines[0] and "download" in lines[0]
 
 
-TINY_TOKENIZER = ("dataset=patterns", "tokenizer/quantizer=vq", "dataset.image_size=16", "dataset.num_train=64", "dataset.num_test=16",
+TINY_TOKENIZER = ("dataset=patterns", "tokenizer/quantizer=vq", "dataset.image_size=16", "dataset.num_train=64",
+                  "dataset.num_test=16",
                   "trainer=debug", "tokenizer.channels=8", "tokenizer.z_channels=8", "tokenizer.embed_dim=8",
                   "tokenizer.ch_mult=[1,2]", "tokenizer.quantizer.num_codewords=16",
                   "tokenizer.loss.perceptual_weight=0", "tokenizer.loss.disc_start=2",

@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import PATTERNS
 from conftest import make_tokenizer as make_tiny_tokenizer
 

@@ -75,7 +75,8 @@ def test_the_gpt_stage_and_sampling_run_through_the_interface_alone(tmp_path):
     assert results["val_loss"] > 0
     gpt = load_checkpoint(tmp_path / "gpt" / "checkpoints" / "last", expected_stage="gpt")
     assert gpt.meta["vocab_size"] == 2 and gpt.meta["block_size"] == 36 and gpt.meta["num_classes"] == 6
-    assert Image.open(tmp_path / "gpt" / "samples" / "step_0000004.png").size == (8 * 8 + 2, 6 * 8 + 2)  # 8 per class, one row each
+    grid = Image.open(tmp_path / "gpt" / "samples" / "step_0000004.png")
+    assert grid.size == (8 * 8 + 2, 6 * 8 + 2)  # 8 per class, one row each
 
     run = SampleRun(checkpoint_vae=str(tmp_path / "tok"), checkpoint_gpt=str(tmp_path / "gpt/checkpoints/last"),
                     sampling=SamplingConfig(num_samples=2), gif=True, completion=True, completion_images=2,

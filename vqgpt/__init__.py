@@ -9,6 +9,18 @@ The quantizers are layers for your own models too:
     codes = vq.quantize(z_e); z_q = vq.dequantize(codes)
 """
 
-from vqgpt.tokenizers.quantizers import FSQ, Quantizer, QuantizerOutput, VectorQuantize
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["FSQ", "Quantizer", "QuantizerOutput", "VectorQuantize"]
+
+
+def __getattr__(name: str) -> Any:
+    """The layers above, imported on first use (PEP 562): `import vqgpt.cli` stays quick, without torch, so
+    a command-line mistake is reported in a second."""
+    if name in __all__:
+        from vqgpt.tokenizers import quantizers
+
+        return getattr(quantizers, name)
+    raise AttributeError(f"module 'vqgpt' has no attribute {name!r}")

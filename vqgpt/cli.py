@@ -21,7 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from vqgpt.config import CONFIG_DIR, register_configs, to_object
+from vqgpt.config import CONFIG_DIR, check_known_keys, register_configs, to_object
 from vqgpt.errors import UserError
 
 # Scripts whose experiments are recipes of one stage: `experiment=` takes only names with this prefix.
@@ -104,10 +104,8 @@ def check_command_line(config_name: str, args: list[str]) -> None:
 
 def _check_added_keys(cfg: DictConfig) -> None:
     """A misspelt key added with `+key=value` (which Hydra lets through) fails here, before any run dir."""
-    from vqgpt.config import _check_known_keys
-
     run = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-    _check_known_keys(run, prefix="")
+    check_known_keys(run)
 
 
 def experiments(prefix: str) -> list[str]:

@@ -330,17 +330,18 @@ def to_object(cfg: DictConfig | Any) -> Any:
     """
     if not isinstance(cfg, DictConfig):
         return cfg
-    _check_known_keys(cfg, prefix="")
+    check_known_keys(cfg)
     return OmegaConf.to_object(cfg)
 
 
-def _check_known_keys(node: DictConfig, prefix: str) -> None:
+def check_known_keys(node: DictConfig, prefix: str = "") -> None:
+    """UserError naming the first key of `node` (recursively) that its schema does not have."""
     schema = OmegaConf.get_type(node)
     known = {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
     for key in node.keys():
         full = f"{prefix}{key}"
         if known is not None and key not in known:
-            raise UserError(f"unknown config key '{full}' ({schema.__name__} has: {', '.join(sorted(known))})")
+            raise UserError(f"{full} is not a config key; {schema.__name__} has: {', '.join(sorted(known))}")
         child = node._get_node(key)
         if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
-            _check_known_keys(child, prefix=f"{full}.")
+            check_known_keys(child, prefix=f"{full}.")

@@ -186,9 +186,9 @@ def _check_arrays(cache: Path, header: dict) -> str | None:
         try:
             rows = len(TokenDataset(cache, split))
         except UserError as e:
-            return str(e)
+            return str(e).removeprefix(f"token cache {cache}: ")
         if rows != n:
-            return f"{split} holds {rows} rows, its header says {n}"
+            return f"{split} holds {rows} rows, its header says {n}; delete {cache} to rebuild it"
     return None
 
 
@@ -215,12 +215,16 @@ def prepare_token_cache(tokenizer_path: str | None, data_cfg: DatasetConfig | No
     _remove_stale_builds(cache)
     if (cache / HEADER).exists():
         header = read_header(cache, tokenizer_path)
-        problem = _mismatch(header, data_cfg, hflip_copies) or _check_arrays(cache, header)
+        mismatch = _mismatch(header, data_cfg, hflip_copies)
+        damage = None if mismatch else _check_arrays(cache, header)
+        problem = mismatch or damage
         if problem is None:
             return cache, header
-        if named:
-            raise UserError(f"token cache {cache} does not match this request ({problem}); delete it to rebuild "
+        if named and mismatch:
+            raise UserError(f"token cache {cache} does not match this request ({mismatch}); delete it to rebuild "
                             "it, or point cache_dir elsewhere")
+        if named:
+            raise UserError(f"token cache {cache} is damaged: {damage}")
         print(f"token cache {cache} is stale ({problem}): rebuilding it")
     else:
         print(f"token cache {cache} is missing: tokenizing {data_cfg.name} once")

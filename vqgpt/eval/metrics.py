@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from torchmetrics.functional.image import structural_similarity_index_measure
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -14,6 +13,8 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-image SSIM (Wang et al. 2004; 11x11 Gaussian window) of images in [-1, 1], on the [0, 1] scale."""
+    from torchmetrics.functional.image import structural_similarity_index_measure  # 1 s to import: on use
+
     x01, y01 = ((x.float() + 1) / 2).clamp(0, 1), ((y.float() + 1) / 2).clamp(0, 1)
     return structural_similarity_index_measure(x01, y01, data_range=1.0, reduction="none")
 

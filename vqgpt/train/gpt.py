@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from vqgpt.checkpoint import load_checkpoint, read_meta, rng_state, save_checkpoint, set_rng_state
+from vqgpt.checkpoint import checkpoint_hash, load_checkpoint, read_meta, rng_state, save_checkpoint, set_rng_state
 from vqgpt.config import GPTConfig, SamplingConfig, TrainGPTRun
 from vqgpt.data.token_cache import TokenDataset, prepare_token_cache
 from vqgpt.errors import UserError
@@ -86,6 +86,12 @@ def train_gpt(run: TrainGPTRun, out_dir: Path, config: dict) -> dict:
     check_checkpoint_target(ckpt_dir)
     seed_everything(t.seed)
     vae_path = run.checkpoint_vae or newest_tokenizer()
+    if run.resume:  # refuse a resume onto another tokenizer's tokens before tokenizing anything
+        trained_on = read_meta(run.resume, expected_stage="gpt").get("tokenizer_hash")
+        if trained_on and trained_on != checkpoint_hash(vae_path):
+            raise UserError(f"resume={run.resume} was trained on the tokens of another tokenizer (weights "
+                            f"{trained_on}), not checkpoint_vae={vae_path} ({checkpoint_hash(vae_path)}); pass the "
+                            "tokenizer it was trained with, or drop resume= to start a fresh run")
     cache, header = prepare_token_cache(vae_path, run.dataset, run.cache_dir, run.hflip_copies, device)
     tokenizer = load_checkpoint(vae_path, expected_stage="tokenizer", map_location=device).model
     train_set, test_set = TokenDataset(cache, "train"), TokenDataset(cache, "test")
@@ -105,11 +111,6 @@ def train_gpt(run: TrainGPTRun, out_dir: Path, config: dict) -> dict:
 
     start = 0
     if run.resume:
-        trained_on = read_meta(run.resume, expected_stage="gpt").get("tokenizer_hash")
-        if trained_on and trained_on != header["tokenizer_hash"]:
-            raise UserError(f"resume={run.resume} was trained on the tokens of another tokenizer (weights "
-                            f"{trained_on}), not checkpoint_vae={vae_path} ({header['tokenizer_hash']}); pass the "
-                            "tokenizer it was trained with, or drop resume= to start a fresh run")
         state = resume_from(run.resume, model, "gpt")
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
