@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -87,6 +88,8 @@ def test_wandb_without_a_key_runs_offline_says_so_and_how_to_upload(no_wandb_key
     logger.finish()
     [run] = (tmp_path / "wandb").glob("offline-run-*")
     assert list(run.glob("*.wandb"))
+    home = Path.home()  # the fixture's private HOME: wandb's cache and debug logs stay in the run dir
+    assert not (home / ".cache" / "wandb").exists() and list((tmp_path / "wandb" / "cache").iterdir())
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("wandb:")]
     assert lines == [f"wandb: running offline (no wandb API key is set); upload this run later with "
                      f"`wandb sync {run}`"]

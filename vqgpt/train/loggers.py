@@ -21,6 +21,8 @@ from vqgpt.config import LoggerConfig
 from vqgpt.errors import UserError
 
 WANDB_MODES = ("online", "offline", "disabled")
+WANDB_DIRS = ("WANDB_CACHE_DIR", "WANDB_DATA_DIR")
+_USER_WANDB_DIRS = {key: os.environ.get(key) for key in WANDB_DIRS}  # as the user started the process
 WANDB_ALIASES = {"dryrun": "offline", "run": "online"}  # wandb's older names, still valid in WANDB_MODE
 
 
@@ -89,6 +91,11 @@ class WandbLogger(Logger):
 
         mode = resolve_wandb_mode(cfg.mode)
         self._wandb = wandb
+        # wandb's own cache and debug logs go to ~/.cache/wandb unless told otherwise: keep them in this run's
+        # dir (a WANDB_CACHE_DIR / WANDB_DATA_DIR the user set still wins).
+        for key in WANDB_DIRS:
+            if _USER_WANDB_DIRS[key] is None:
+                os.environ[key] = str(Path(run_dir) / "wandb" / "cache")
         self.run = wandb.init(
             project=cfg.project,
             entity=cfg.entity,
