@@ -162,8 +162,7 @@ def save_checkpoint(
     """Atomically write `model` (config in `model.config`), meta and optional train state to dir `path`."""
     path = Path(path).expanduser()
     record = _build_record(model, stage, arch, meta, step)
-    if path.is_file() or (path.is_dir() and any(path.iterdir()) and not (path / CONFIG_FILE).is_file()):
-        raise UserError(f"{path} exists and is not a vqgpt checkpoint; not replacing it, pick another path")
+    check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.iterdir():  # left by a killed save (one writer per path)
         if stale.name.startswith(f".{path.name}.tmp-"):
@@ -187,6 +186,14 @@ def save_checkpoint(
         raise
     shutil.rmtree(aside, ignore_errors=True)
     return path
+
+
+def check_replaceable(path: Path, fix: str = "pick another path") -> None:
+    """UserError unless a save may write `path`: missing, empty, or a checkpoint (never a user's file or folder)."""
+    if path.is_file():
+        raise UserError(f"{path} is a file, not a checkpoint directory; not replacing it, {fix}")
+    if path.is_dir() and any(path.iterdir()) and not (path / CONFIG_FILE).is_file():
+        raise UserError(f"{path} is a directory that is not a vqgpt checkpoint; not replacing it, {fix}")
 
 
 def _build_record(model: nn.Module, stage: str, arch: str, meta: Mapping[str, Any], step: int) -> dict:

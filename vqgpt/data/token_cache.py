@@ -42,8 +42,9 @@ def cache_dtype(num_codewords: int) -> np.dtype:
 @torch.no_grad()
 def build_token_cache(tokenizer_path: str | Path, data_cfg: DatasetConfig, cache_dir: str | Path, *,
                       hflip_copies: bool = False, batch_size: int = 256, device: str | torch.device = "cpu",
-                      num_workers: int = 0) -> Path:
-    """Tokenize the train and test splits with the tokenizer checkpoint; written atomically to `cache_dir`."""
+                      num_workers: int = 0, tokenizer_hash: str | None = None) -> Path:
+    """Tokenize the train and test splits with the tokenizer checkpoint; written atomically to `cache_dir`.
+    `tokenizer_hash`: its checkpoint_hash, when the caller has it already (it reads the whole weights file)."""
     cache_dir = Path(cache_dir)
     tokenizer = load_checkpoint(tokenizer_path, expected_stage="tokenizer", map_location=device).model
     h, w = tokenizer.latent_grid
@@ -76,7 +77,7 @@ def build_token_cache(tokenizer_path: str | Path, data_cfg: DatasetConfig, cache
             sizes[split] = n
         header = {
             "format_version": FORMAT_VERSION,
-            "tokenizer_hash": checkpoint_hash(tokenizer_path),
+            "tokenizer_hash": tokenizer_hash or checkpoint_hash(tokenizer_path),
             "tokenizer_path": str(Path(tokenizer_path).resolve()),
             "grid": [h, w],
             "codebook_size": tokenizer.codebook_size,
@@ -113,8 +114,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def read_header(cache_dir: str | Path, tokenizer_path: str | Path | None = None) -> dict:
-    """The cache's header, checked against the tokenizer checkpoint that should have made it."""
+def read_header(cache_dir: str | Path, tokenizer_path: str | Path | None = None, *,
+                tokenizer_hash: str | None = None) -> dict:
+    """The cache's header, checked against the tokenizer checkpoint that should have made it (its
+    checkpoint_hash may be given, saving a read of the weights)."""
     cache_dir = Path(cache_dir)
     try:
         header = json.loads((cache_dir / HEADER).read_text())
@@ -127,7 +130,7 @@ def read_header(cache_dir: str | Path, tokenizer_path: str | Path | None = None)
         raise UserError(f"{cache_dir} has token-cache format {header.get('format_version')}, this vqgpt reads "
                         f"{FORMAT_VERSION}; delete {cache_dir} to rebuild it")
     if tokenizer_path is not None:
-        expected = checkpoint_hash(tokenizer_path)
+        expected = tokenizer_hash or checkpoint_hash(tokenizer_path)
         if header["tokenizer_hash"] != expected:
             raise UserError(f"token cache {cache_dir} was made by another tokenizer ({header['tokenizer_path']}, "
                             f"weights {header['tokenizer_hash']}), not {tokenizer_path} (weights {expected}); "
@@ -165,9 +168,11 @@ def cache_key(tokenizer_hash: str, data_cfg: DatasetConfig, hflip_copies: bool) 
     return f"{data_cfg.name}_{data_cfg.image_size}_{digest}"
 
 
-def default_cache_dir(tokenizer_path: str | Path, data_cfg: DatasetConfig, hflip_copies: bool) -> Path:
+def default_cache_dir(tokenizer_path: str | Path, data_cfg: DatasetConfig, hflip_copies: bool, *,
+                      tokenizer_hash: str | None = None) -> Path:
     """In vqgpt's cache, keyed on the tokenizer's weights and the full data config."""
-    return vqgpt_cache("tokens", cache_key(checkpoint_hash(tokenizer_path), data_cfg, hflip_copies))
+    key = cache_key(tokenizer_hash or checkpoint_hash(tokenizer_path), data_cfg, hflip_copies)
+    return vqgpt_cache("tokens", key)
 
 
 def _mismatch(header: dict, data_cfg: DatasetConfig, hflip_copies: bool) -> str | None:
@@ -211,10 +216,12 @@ def prepare_token_cache(tokenizer_path: str | None, data_cfg: DatasetConfig | No
                         f"tokenizer {tokenizer_path} was trained on {meta['channels']}x{meta['image_size']}px; "
                         "set dataset.image_size/dataset.channels to match, or drop dataset=... to use its own")
     named = cache_dir is not None
-    cache = Path(cache_dir) if named else default_cache_dir(tokenizer_path, data_cfg, hflip_copies)
+    tokenizer_hash = checkpoint_hash(tokenizer_path)  # reads the weights once for every check below
+    cache = Path(cache_dir) if named else default_cache_dir(tokenizer_path, data_cfg, hflip_copies,
+                                                              tokenizer_hash=tokenizer_hash)
     _remove_stale_builds(cache)
     if (cache / HEADER).exists():
-        header = read_header(cache, tokenizer_path)
+        header = read_header(cache, tokenizer_path, tokenizer_hash=tokenizer_hash)
         mismatch = _mismatch(header, data_cfg, hflip_copies)
         damage = None if mismatch else _check_arrays(cache, header)
         problem = mismatch or damage
@@ -228,5 +235,6 @@ def prepare_token_cache(tokenizer_path: str | None, data_cfg: DatasetConfig | No
         print(f"token cache {cache} is stale ({problem}): rebuilding it")
     else:
         print(f"token cache {cache} is missing: tokenizing {data_cfg.name} once")
-    build_token_cache(tokenizer_path, data_cfg, cache, hflip_copies=hflip_copies, device=device)
-    return cache, read_header(cache, tokenizer_path)
+    build_token_cache(tokenizer_path, data_cfg, cache, hflip_copies=hflip_copies, device=device,
+                      tokenizer_hash=tokenizer_hash)
+    return cache, read_header(cache, tokenizer_path, tokenizer_hash=tokenizer_hash)

@@ -22,6 +22,7 @@ from vqgpt.train.loggers import build_logger, progress
 from vqgpt.train.optim import adamw, lr_at, set_lr
 from vqgpt.train.runtime import (
     autocast,
+    check_batch_fits,
     check_checkpoint_target,
     check_trainer,
     pick_device,
@@ -56,7 +57,7 @@ def train_classifier(run: TrainClassifierRun, out_dir: Path, config: dict) -> di
     check_checkpoint_target(ckpt_dir)
     seed_everything(t.seed)
     train_set, test_set = build_dataset(run.dataset, "train"), build_dataset(run.dataset, "test")
-    check_trainer(t, train_size=len(train_set))
+    check_batch_fits(t, len(train_set))
     meta = dataset_info(run.dataset, train_set)
     num_classes = run.classifier.num_classes or meta["num_classes"]  # null: from the data (folder sub-folders)
     model = Classifier(dataclasses.replace(run.classifier, num_classes=num_classes)).to(device)

@@ -26,6 +26,7 @@ from vqgpt.train.loggers import build_logger, progress
 from vqgpt.train.optim import adamw, lr_at, set_lr
 from vqgpt.train.runtime import (
     autocast,
+    check_batch_fits,
     check_checkpoint_target,
     check_trainer,
     pick_device,
@@ -88,14 +89,14 @@ def train_gpt(run: TrainGPTRun, out_dir: Path, config: dict) -> dict:
     vae_path = run.checkpoint_vae or newest_tokenizer()
     if run.resume:  # refuse a resume onto another tokenizer's tokens before tokenizing anything
         trained_on = read_meta(run.resume, expected_stage="gpt").get("tokenizer_hash")
-        if trained_on and trained_on != checkpoint_hash(vae_path):
+        if trained_on and trained_on != (ours := checkpoint_hash(vae_path)):
             raise UserError(f"resume={run.resume} was trained on the tokens of another tokenizer (weights "
-                            f"{trained_on}), not checkpoint_vae={vae_path} ({checkpoint_hash(vae_path)}); pass the "
+                            f"{trained_on}), not checkpoint_vae={vae_path} ({ours}); pass the "
                             "tokenizer it was trained with, or drop resume= to start a fresh run")
     cache, header = prepare_token_cache(vae_path, run.dataset, run.cache_dir, run.hflip_copies, device)
     tokenizer = load_checkpoint(vae_path, expected_stage="tokenizer", map_location=device).model
     train_set, test_set = TokenDataset(cache, "train"), TokenDataset(cache, "test")
-    check_trainer(t, train_size=len(train_set))
+    check_batch_fits(t, len(train_set))
 
     gpt_cfg = gpt_config(run, header, header["data"]["num_classes"])
     model = GPT(gpt_cfg).to(device)

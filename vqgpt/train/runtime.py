@@ -13,7 +13,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from vqgpt.checkpoint import CONFIG_FILE, TRAIN_STATE_FILE, dataclass_from_dict, load_checkpoint, load_train_state
+from vqgpt.checkpoint import (
+    CONFIG_FILE,
+    TRAIN_STATE_FILE,
+    check_replaceable,
+    dataclass_from_dict,
+    load_checkpoint,
+    load_train_state,
+)
 from vqgpt.config import TrainerConfig
 from vqgpt.errors import UserError
 
@@ -59,7 +66,7 @@ def set_threads(num_threads: int | None) -> None:
     torch.set_num_threads(num_threads)
 
 
-def check_trainer(t: TrainerConfig, train_size: int | None = None) -> None:
+def check_trainer(t: TrainerConfig) -> None:
     """Refuse trainer settings that would fail (or spin) later, naming the key and the fix, before step 1."""
     for key in ("batch_size", "grad_accum", "log_every", "eval_every", "sample_and_save_freq",
                 "checkpoint_every"):
@@ -73,18 +80,18 @@ def check_trainer(t: TrainerConfig, train_size: int | None = None) -> None:
         raise UserError(f"trainer.lr={t.lr} must be > 0 and trainer.min_lr={t.min_lr} >= 0")
     if t.grad_clip is not None and t.grad_clip <= 0:
         raise UserError(f"trainer.grad_clip={t.grad_clip} must be > 0, or null for off")
-    if train_size is not None and t.batch_size > train_size:
+
+
+def check_batch_fits(t: TrainerConfig, train_size: int) -> None:
+    """A batch larger than the training split would never fill (drop_last): refuse it rather than spin."""
+    if t.batch_size > train_size:
         raise UserError(f"trainer.batch_size={t.batch_size} is larger than the {train_size} training images; "
                         f"lower it to at most {train_size}")
 
 
 def check_checkpoint_target(path: Path) -> None:
     """Refuse, before the first step, a checkpoint path the first save could not replace."""
-    if path.is_file():
-        raise UserError(f"{path} is a file, not a checkpoint directory; move it away or set out_dir=... elsewhere")
-    if path.is_dir() and any(path.iterdir()) and not (path / CONFIG_FILE).is_file():
-        raise UserError(f"{path} is a directory that is not a vqgpt checkpoint; move it away or set out_dir=... "
-                        "elsewhere")
+    check_replaceable(path, fix="move it away or set out_dir=... elsewhere")
 
 
 def resume_from(path: str, model: nn.Module, stage: str) -> dict[str, Any]:

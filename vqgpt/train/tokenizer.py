@@ -31,6 +31,7 @@ from vqgpt.train.loggers import build_logger, progress
 from vqgpt.train.optim import adamw, lr_at, set_lr
 from vqgpt.train.runtime import (
     autocast,
+    check_batch_fits,
     check_checkpoint_target,
     check_trainer,
     pick_device,
@@ -114,7 +115,7 @@ def train_vqgan(run: TrainTokenizerRun, out_dir: Path, config: dict) -> dict:
     check_checkpoint_target(ckpt_dir)
     seed_everything(t.seed)
     train_set, test_set = build_dataset(run.dataset, "train"), build_dataset(run.dataset, "test")
-    check_trainer(t, train_size=len(train_set))
+    check_batch_fits(t, len(train_set))
     meta = dataset_info(run.dataset, train_set)
 
     model = VQGAN(run.tokenizer).to(device)
