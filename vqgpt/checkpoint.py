@@ -2,6 +2,8 @@
 own files (the class comes from `vqgpt.registry`).
 
     model.safetensors  weights (no pickle; tied weights handled)
+    ema.safetensors    optional exponential moving average of the same weights (`trainer.ema_decay`); loaded
+                       instead of model.safetensors unless `ema=False`
     config.json        format version, stage, arch, resolved model config, data/stage facts, step, versions
     train_state.pt     optional optimizer/scheduler/RNG state, read with torch.load(weights_only=True)
 
@@ -41,6 +43,7 @@ from vqgpt.errors import UserError
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
+EMA_FILE = "ema.safetensors"
 CONFIG_FILE = "config.json"
 TRAIN_STATE_FILE = "train_state.pt"
 ASIDE_SUFFIX = ".old"  # the previous checkpoint, while a save swaps the new one in
@@ -65,6 +68,7 @@ class Checkpoint:
     model: nn.Module
     meta: dict[str, Any]
     path: Path
+    weights: str = "raw"  # which weights were loaded: raw (model.safetensors) or ema (ema.safetensors)
 
 
 def dataclass_from_dict(cls: type[T], data: Mapping[str, Any], where: str | None = None) -> T:
@@ -158,8 +162,10 @@ def save_checkpoint(
     meta: Mapping[str, Any],
     step: int,
     train_state: Mapping[str, Any] | None = None,
+    ema: nn.Module | None = None,
 ) -> Path:
-    """Atomically write `model` (config in `model.config`), meta and optional train state to dir `path`."""
+    """Atomically write `model` (config in `model.config`), meta, optional train state and optional EMA weights
+    (a module of the same architecture) to dir `path`."""
     path = Path(path).expanduser()
     record = _build_record(model, stage, arch, meta, step)
     check_replaceable(path)
@@ -172,7 +178,7 @@ def save_checkpoint(
     tmp.mkdir()
     aside = path.with_name(path.name + ASIDE_SUFFIX)
     try:
-        _write_files(tmp, model, record, train_state)
+        _write_files(tmp, model, record, train_state, ema)
         if path.exists() and aside.exists():
             shutil.rmtree(aside)  # a save killed before its cleanup left it; `path` is the good one
         if path.exists():
@@ -211,11 +217,16 @@ def _build_record(model: nn.Module, stage: str, arch: str, meta: Mapping[str, An
     return {**head, "model_config": dataclasses.asdict(model.config), **meta, "versions": _versions()}
 
 
-def _write_files(tmp: Path, model: nn.Module, record: dict, train_state: Mapping[str, Any] | None) -> None:
+def _write_files(tmp: Path, model: nn.Module, record: dict, train_state: Mapping[str, Any] | None,
+                 ema: nn.Module | None) -> None:
     # save_model (not save_file) drops the duplicate names of tied weights instead of failing on them.
     _save_weights(model, str(tmp / WEIGHTS_FILE))
     _fsync(tmp / WEIGHTS_FILE)
     record["weights_sha256"] = _sha256(tmp / WEIGHTS_FILE)
+    if ema is not None:
+        _save_weights(ema, str(tmp / EMA_FILE))
+        _fsync(tmp / EMA_FILE)
+        record["ema_sha256"] = _sha256(tmp / EMA_FILE)
     try:
         text = json.dumps(record, indent=2, allow_nan=False)
     except (TypeError, ValueError) as e:  # e.g. a DictConfig or a NaN in meta
@@ -327,9 +338,11 @@ def read_meta(path: str | os.PathLike, *, expected_stage: str | None = None) -> 
 
 
 def load_checkpoint(
-    path: str | os.PathLike, *, expected_stage: str | None = None, map_location: str | torch.device = "cpu"
+    path: str | os.PathLike, *, expected_stage: str | None = None, map_location: str | torch.device = "cpu",
+    ema: bool = True,
 ) -> Checkpoint:
-    """Rebuild the model from the checkpoint alone (registry + config.json); load its weights strictly."""
+    """Rebuild the model from the checkpoint alone (registry + config.json); load its weights strictly: the EMA
+    weights when the checkpoint has them and `ema` is true, else the raw ones (`.weights` says which)."""
     ckpt = _resolve(path)
     meta = _read_config(ckpt, expected_stage)
     model_cls, config_cls = registry.lookup(meta["arch"], where=str(ckpt))
@@ -343,30 +356,35 @@ def load_checkpoint(
         raise UserError(f"{ckpt}: model_config does not fit this code ({e}); {written_by}") from None
     if not (ckpt / WEIGHTS_FILE).is_file():
         raise UserError(f"{ckpt} has no {WEIGHTS_FILE}; the checkpoint is incomplete, use another")
+    file = weights_file(ckpt, ema)
     device = torch.device(map_location)
     with device:  # build directly on the target device
         model = model_cls(config)
     try:
-        missing, unexpected = _load_weights(model, ckpt / WEIGHTS_FILE, strict=False, device=str(device))
+        missing, unexpected = _load_weights(model, file, strict=False, device=str(device))
     except SafetensorError as e:
-        raise UserError(
-            f"{ckpt / WEIGHTS_FILE} is damaged ({_one_line(e)}); use another checkpoint"
-        ) from None
+        raise UserError(f"{file} is damaged ({_one_line(e)}); use another checkpoint") from None
     except RuntimeError as e:  # a shape mismatch
-        raise UserError(f"{ckpt / WEIGHTS_FILE} does not load: {_one_line(e)}; {written_by}") from None
+        raise UserError(f"{file} does not load: {_one_line(e)}; {written_by}") from None
     if missing or unexpected:
         raise UserError(
-            f"{ckpt / WEIGHTS_FILE} does not match {model_cls.__name__}: missing keys {_some(missing)}, "
+            f"{file} does not match {model_cls.__name__}: missing keys {_some(missing)}, "
             f"unexpected keys {_some(unexpected)}; {written_by}"
         )
-    return Checkpoint(model=model.eval(), meta=meta, path=ckpt)
+    return Checkpoint(model=model.eval(), meta=meta, path=ckpt, weights="ema" if file.name == EMA_FILE else "raw")
+
+
+def weights_file(ckpt: Path, ema: bool = True) -> Path:
+    """The weights a load uses: the EMA file when there is one and `ema` is true, else model.safetensors."""
+    return ckpt / EMA_FILE if ema and (ckpt / EMA_FILE).is_file() else ckpt / WEIGHTS_FILE
 
 
 def load_model(
-    path: str | os.PathLike, expected_stage: str | None = None, map_location: str | torch.device = "cpu"
+    path: str | os.PathLike, expected_stage: str | None = None, map_location: str | torch.device = "cpu",
+    ema: bool = True,
 ) -> nn.Module:
     """The model of a checkpoint, rebuilt and strictly loaded (see load_checkpoint), in eval mode."""
-    return load_checkpoint(path, expected_stage=expected_stage, map_location=map_location).model
+    return load_checkpoint(path, expected_stage=expected_stage, map_location=map_location, ema=ema).model
 
 
 def load_train_state(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict | None:
@@ -387,8 +405,9 @@ def load_train_state(path: str | os.PathLike, map_location: str | torch.device =
 
 
 def checkpoint_hash(path: str | os.PathLike) -> str:
-    """Short sha256 of the checkpoint's weights: tells apart token caches made by different tokenizers."""
-    return _sha256(_resolve(path) / WEIGHTS_FILE)[:16]
+    """Short sha256 of the weights a default load uses (EMA when present): tells apart token caches made by
+    different tokenizers."""
+    return _sha256(weights_file(_resolve(path)))[:16]
 
 
 def _some(keys: list[str], n: int = 4) -> str:

@@ -30,12 +30,13 @@ EXPERIMENT_STAGE = {"train_tokenizer": "tokenizer_", "train_gpt": "gpt_"}
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn a UserError into one `error: ...` line on stderr and exit status 2 (no traceback wall)."""
+    """Turn a UserError into one `error: ...` line on stderr and exit status 2 (no traceback wall); an
+    interrupted run says `interrupted: ...` and exits 128 + the signal number."""
     try:
         yield
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        print(f"{e.label}: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
 
 
 def main(config_name: str) -> Callable[[Callable[[Any], Any]], Callable[[], None]]:
@@ -54,7 +55,9 @@ def main(config_name: str) -> Callable[[Callable[[Any], Any]], Callable[[], None
         def entry() -> None:
             register_configs()
             with user_errors():
-                check_command_line(config_name, sys.argv[1:])
+                run_dir = check_command_line(config_name, sys.argv[1:])
+                if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                    share_run_dir(run_dir)
             hydra_main()
 
         return entry
@@ -62,16 +65,30 @@ def main(config_name: str) -> Callable[[Callable[[Any], Any]], Callable[[], None
     return decorate
 
 
+def share_run_dir(run_dir: Path | None) -> None:
+    """Under torchrun every process composes the config, and `${now:...}` differs by the second between them:
+    all take rank 0's run dir, and only rank 0 writes Hydra's files there."""
+    from vqgpt.train.engine import broadcast_object, init_distributed, rank
+
+    init_distributed()
+    shared = broadcast_object(str(run_dir) if run_dir is not None else None)
+    if shared is not None:
+        sys.argv.append(f"hydra.run.dir={shared}")
+    if rank() != 0:
+        sys.argv.append("hydra.output_subdir=null")
+
+
 def make_run_dir(run: Any) -> tuple[Path, dict[str, Any]]:
-    """Create the run's out_dir (inside Hydra's run dir when relative), write its resolved `config.yaml`;
-    returns (out_dir, the config as a plain dict for the logger)."""
+    """Create the run's out_dir (inside Hydra's run dir when relative), write its resolved `config.yaml` (rank 0
+    under torchrun); returns (out_dir, the config as a plain dict for the logger)."""
     out_dir = resolve_out_dir(run.out_dir)
     config = OmegaConf.to_container(OmegaConf.structured(run))
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(config))
+    if int(os.environ.get("RANK", "0")) == 0:
+        (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(config))
     return out_dir, config  # type: ignore[return-value]
 
 
-def check_command_line(config_name: str, args: list[str]) -> None:
+def check_command_line(config_name: str, args: list[str]) -> Path | None:
     """Compose the config once before Hydra does, so a bad override is one UserError line, not Hydra's
     12-30 lines, and nothing is created; also refuse another stage's experiment, a key added with `+` that the
     schema lacks, and a run dir that cannot be created."""
@@ -79,7 +96,7 @@ def check_command_line(config_name: str, args: list[str]) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     if any(a.startswith("-") for a in args):  # --help, --cfg, -m ...: Hydra's own modes
-        return
+        return None
     prefix = EXPERIMENT_STAGE.get(config_name)
     for arg in args:
         name = arg.split("=", 1)[1] if arg.startswith("experiment=") else None
@@ -98,8 +115,9 @@ def check_command_line(config_name: str, args: list[str]) -> None:
     try:
         run_dir = Path(str(cfg.hydra.run.dir))
     except Exception:  # an interpolation only a real run resolves: Hydra reports it itself
-        return
+        return None
     _check_creatable(run_dir, "hydra.run.dir")
+    return run_dir
 
 
 def _check_added_keys(cfg: DictConfig) -> None:

@@ -166,15 +166,20 @@ class TrainerConfig:
     """The plain training loop's knobs."""
 
     max_steps: int = 10000
-    batch_size: int = 64
+    batch_size: int = 64  # per process (under torchrun) and per micro-batch
     lr: float = 3e-4
     min_lr: float = 3e-5
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     weight_decay: float = 0.0
     warmup_steps: int = 500
     grad_clip: float | None = 1.0
-    grad_accum: int = 1
-    precision: str = "bf16"  # bf16 autocast on GPU; CPU always runs fp32
+    grad_accum: int = 1  # micro-batches per step; the global batch is batch_size x grad_accum x processes
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU | bf16 (also on CPU) | fp32
+    compile: bool = False  # torch.compile the trained model(s)
+    fused_adamw: bool = True  # fused AdamW kernel on CUDA (CPU uses the foreach path)
+    channels_last: bool = False  # channels_last memory format for the convnets (tokenizer, classifier)
+    ema_decay: float | None = None  # keep an EMA of the weights (e.g. 0.999), used for eval and sampling
+    max_bad_steps: int = 10  # stop after this many non-finite (skipped) steps in a row
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_workers: int = 2
     num_threads: int | None = None  # torch intra-op CPU threads; None = torch's choice (one per core)
@@ -221,7 +226,7 @@ class TrainTokenizerRun:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     out_dir: str = "."  # relative paths land in Hydra's run dir
-    resume: str | None = None  # checkpoint directory to resume from
+    resume: str | None = None  # true: this run dir's last checkpoint; <dir>: that checkpoint; null: fresh
 
 
 @dataclass
@@ -248,6 +253,7 @@ class SampleRun:
     checkpoint_gpt: str | None = None
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     checkpoint_classifier: str | None = None  # scores candidates when sampling.accept_n > 1
+    ema: bool = True  # use a checkpoint's EMA weights when it has them; false = the raw trained weights
     device: str = "auto"
     out_dir: str = "."
     batch_size: int = 256  # sequences generated at once (accept_n multiplies the images asked for)
@@ -268,6 +274,7 @@ class TrainClassifierRun:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     out_dir: str = "."
+    resume: str | None = None
 
 
 @dataclass

@@ -3,3 +3,6 @@
 
 class UserError(Exception):
     """Bad input (config, path, file) whose message names the problem and the fix, on one line."""
+
+    label = "error"  # the line's prefix
+    exit_code = 2

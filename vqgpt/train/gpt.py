@@ -12,28 +12,18 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
-from vqgpt.checkpoint import checkpoint_hash, load_checkpoint, read_meta, rng_state, save_checkpoint, set_rng_state
+from vqgpt.checkpoint import checkpoint_hash, load_checkpoint, read_meta
 from vqgpt.config import GPTConfig, SamplingConfig, TrainGPTRun
 from vqgpt.data.token_cache import TokenDataset, prepare_token_cache
 from vqgpt.errors import UserError
 from vqgpt.generate.pipeline import sample_class_grid
 from vqgpt.models.gpt import GPT
-from vqgpt.train.loggers import build_logger, progress
-from vqgpt.train.optim import adamw, lr_at, set_lr
-from vqgpt.train.runtime import (
-    autocast,
-    check_batch_fits,
-    check_checkpoint_target,
-    check_trainer,
-    pick_device,
-    resume_from,
-    seed_everything,
-    set_threads,
-)
+from vqgpt.train.engine import Engine
 
 TOKENIZER_RUNS = Path("outputs") / "train_tokenizer"  # where train_tokenizer.py puts its runs by default
 
@@ -41,6 +31,7 @@ TOKENIZER_RUNS = Path("outputs") / "train_tokenizer"  # where train_tokenizer.py
 @torch.no_grad()
 def evaluate(model: GPT, loader: DataLoader, device: torch.device, conditional: bool) -> float:
     """Mean cross-entropy (nats/token) over the whole split, in eval mode (no label dropout)."""
+    was_training = model.training
     model.eval()
     total, count = 0.0, 0
     for tokens, labels in loader:
@@ -48,7 +39,7 @@ def evaluate(model: GPT, loader: DataLoader, device: torch.device, conditional: 
         _, loss = model(tokens, labels.to(device) if conditional else None, targets=tokens)
         total += loss.item() * tokens.numel()
         count += tokens.numel()
-    model.train()
+    model.train(was_training)
     return total / count
 
 
@@ -77,101 +68,71 @@ def gpt_config(run: TrainGPTRun, header: dict, data_classes: int) -> GPTConfig:
                                num_classes=num_classes)
 
 
+class GPTTask:
+    """Next-token prediction on the token cache: grad_accum micro-batches per step."""
+
+    stage, arch = "gpt", "gpt"
+
+    def __init__(self, run: TrainGPTRun, engine: Engine):
+        t, device = run.trainer, engine.device
+        vae_path = run.checkpoint_vae or newest_tokenizer()
+        if engine.resume is not None:  # refuse a resume onto another tokenizer's tokens before tokenizing anything
+            trained_on = read_meta(engine.resume, expected_stage="gpt").get("tokenizer_hash")
+            if trained_on and trained_on != (ours := checkpoint_hash(vae_path)):
+                raise UserError(f"resume={run.resume} was trained on the tokens of another tokenizer (weights "
+                                f"{trained_on}), not checkpoint_vae={vae_path} ({ours}); pass the "
+                                "tokenizer it was trained with, or drop resume= to start a fresh run")
+        with engine.main_first():  # rank 0 builds the token cache; the others then find it
+            cache, header = prepare_token_cache(vae_path, run.dataset, run.cache_dir, run.hflip_copies, device)
+        self.tokenizer = load_checkpoint(vae_path, expected_stage="tokenizer", map_location=device).model
+        self.train_set, self.test_set = TokenDataset(cache, "train"), TokenDataset(cache, "test")
+        engine.check_data(self.train_set)
+        self.test_loader = DataLoader(self.test_set, batch_size=t.batch_size, num_workers=t.num_workers)
+        self.config = gpt_config(run, header, header["data"]["num_classes"])
+        self.model = GPT(self.config).to(device)
+        self.conditional = self.config.num_classes > 0
+        self.net = engine.prepare(self.model)
+        self.modules = {"model": self.model}
+        self.optimizers = {"model": engine.adamw(self.model)}
+        self.meta = {k: header["data"][k] for k in ("dataset", "image_size", "channels", "num_classes", "class_names")}
+        self.meta.update(vocab_size=self.config.vocab_size, block_size=self.config.block_size,
+                         latent_grid=header["grid"], tokenizer_hash=header["tokenizer_hash"],
+                         tokenizer_path=str(Path(vae_path).resolve()))
+        self.out_dir, self.device, self.seed, self.batch_size = engine.out_dir, device, t.seed, t.batch_size
+
+    def describe(self) -> str:
+        h, w = self.meta["latent_grid"]
+        n_params = sum(p.numel() for p in self.model.parameters())
+        return (f"{self.meta['dataset']}: {len(self.train_set)} train / {len(self.test_set)} test token grids of "
+                f"{h}x{w}, K={self.config.vocab_size}; GPT {n_params / 1e6:.2f}M params, "
+                f"{'class-conditional' if self.conditional else 'unconditional'}")
+
+    def train_step(self, e: Engine, step: int) -> dict[str, Any]:
+        total = torch.zeros((), device=e.device)
+        for tokens, labels in e.micro_batches(self.net):  # the mean over trainer.grad_accum micro-batches
+            with e.autocast:
+                _, loss = self.net(tokens, labels if self.conditional else None, targets=tokens)
+            e.backward(loss / e.t.grad_accum)
+            total += loss.detach() / e.t.grad_accum
+        e.optimizer_step("model")
+        return {"train/loss": total}
+
+    def evaluate(self, model: GPT) -> dict[str, float]:
+        loss = evaluate(model, self.test_loader, self.device, self.conditional)
+        return {"loss": loss, "bits_per_token": loss / math.log(2)}
+
+    def snapshot(self, model: GPT, step: int) -> Path:
+        """A grid of samples, one row per class."""
+        return sample_class_grid(self.tokenizer, model, self.out_dir / "samples" / f"step_{step:07d}.png", 8,
+                                 SamplingConfig(seed=self.seed), batch_size=self.batch_size)
+
+    def summary(self, results: dict[str, float]) -> str:
+        return (f"{results['loss']:.4f} nats/token, {results['bits_per_token']:.4f} bits/token (uniform: "
+                f"{math.log(self.config.vocab_size):.4f} nats)")
+
+
 def train_gpt(run: TrainGPTRun, out_dir: Path, config: dict) -> dict:
-    """The whole stage: token cache, then trainer.max_steps of next-token prediction, evaluated and saved."""
-    t = run.trainer
-    check_trainer(t)
-    set_threads(t.num_threads)
-    device = pick_device(t.device)
-    ckpt_dir = out_dir / "checkpoints" / "last"
-    check_checkpoint_target(ckpt_dir)
-    seed_everything(t.seed)
-    vae_path = run.checkpoint_vae or newest_tokenizer()
-    if run.resume:  # refuse a resume onto another tokenizer's tokens before tokenizing anything
-        trained_on = read_meta(run.resume, expected_stage="gpt").get("tokenizer_hash")
-        if trained_on and trained_on != (ours := checkpoint_hash(vae_path)):
-            raise UserError(f"resume={run.resume} was trained on the tokens of another tokenizer (weights "
-                            f"{trained_on}), not checkpoint_vae={vae_path} ({ours}); pass the "
-                            "tokenizer it was trained with, or drop resume= to start a fresh run")
-    cache, header = prepare_token_cache(vae_path, run.dataset, run.cache_dir, run.hflip_copies, device)
-    tokenizer = load_checkpoint(vae_path, expected_stage="tokenizer", map_location=device).model
-    train_set, test_set = TokenDataset(cache, "train"), TokenDataset(cache, "test")
-    check_batch_fits(t, len(train_set))
-
-    gpt_cfg = gpt_config(run, header, header["data"]["num_classes"])
-    model = GPT(gpt_cfg).to(device)
-    conditional = gpt_cfg.num_classes > 0
-    optimizer = adamw(model, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
-    meta = {k: header["data"][k] for k in ("dataset", "image_size", "channels", "num_classes", "class_names")}
-    meta.update(vocab_size=gpt_cfg.vocab_size, block_size=gpt_cfg.block_size, latent_grid=header["grid"],
-                tokenizer_hash=header["tokenizer_hash"], tokenizer_path=str(Path(vae_path).resolve()))
-
-    def save(step: int) -> None:
-        state = {"step": step, "optimizer": optimizer.state_dict(), "rng": rng_state()}
-        save_checkpoint(ckpt_dir, model, stage="gpt", arch="gpt", meta=meta, step=step, train_state=state)
-
-    start = 0
-    if run.resume:
-        state = resume_from(run.resume, model, "gpt")
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        start = state["step"]
-
-    logger = build_logger(run.logger, out_dir, config)
-    mixed = autocast(device, t.precision)
-    generator = torch.Generator().manual_seed(t.seed + start)
-    train_loader = DataLoader(train_set, batch_size=t.batch_size, shuffle=True, drop_last=True,
-                              num_workers=t.num_workers, generator=generator)
-    test_loader = DataLoader(test_set, batch_size=t.batch_size, num_workers=t.num_workers)
-    batches = (batch for _ in iter(int, 1) for batch in train_loader)  # shuffled, forever
-    n_params = sum(p.numel() for p in model.parameters())
-    h, w = header["grid"]
-    print(f"{meta['dataset']}: {len(train_set)} train / {len(test_set)} test token grids of {h}x{w}, "
-          f"K={gpt_cfg.vocab_size}; GPT {n_params / 1e6:.2f}M params, "
-          f"{'class-conditional' if conditional else 'unconditional'}; on {device}")
-
-    model.train()
-    bar = progress(total=t.max_steps, initial=start, desc="gpt", enabled=t.progress_bar)
-    for step in range(start, t.max_steps):
-        lr = lr_at(step, lr=t.lr, min_lr=t.min_lr, warmup_steps=t.warmup_steps, max_steps=t.max_steps)
-        set_lr(optimizer, lr)
-        optimizer.zero_grad(set_to_none=True)
-        step_loss = torch.zeros((), device=device)
-        for _ in range(t.grad_accum):  # gradient accumulation: the mean over grad_accum micro-batches
-            tokens, labels = next(batches)
-            tokens = tokens.to(device, non_blocking=True)
-            with mixed:
-                _, loss = model(tokens, labels.to(device) if conditional else None, targets=tokens)
-            (loss / t.grad_accum).backward()
-            step_loss += loss.detach() / t.grad_accum
-        if t.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        optimizer.step()
-
-        bar.update(1)
-        done = step + 1
-        if step % t.log_every == 0 or done == t.max_steps:
-            logger.log({"train/loss": step_loss, "train/lr": lr}, step=done)
-            bar.set_postfix(loss=f"{step_loss.item():.4f}")
-        if done % t.eval_every == 0 and done != t.max_steps:  # the final evaluation follows the loop
-            val = evaluate(model, test_loader, device, conditional)
-            logger.log({"val/loss": val, "val/bits_per_token": val / math.log(2)}, step=done)
-            bar.write(f"step {done}: val {val:.4f} nats/token, {val / math.log(2):.4f} bits/token")
-        if done % t.sample_and_save_freq == 0 or done == t.max_steps:
-            path = sample_class_grid(tokenizer, model, out_dir / "samples" / f"step_{done:07d}.png", 8,
-                                     SamplingConfig(seed=t.seed), batch_size=t.batch_size)
-            logger.log_image("val/samples", path, step=done)
-        if done % t.checkpoint_every == 0 or done == t.max_steps:
-            save(done)
-    bar.close()
-    if start >= t.max_steps:
-        save(start)
-
-    val = evaluate(model, test_loader, device, conditional)
-    logger.log({"val/loss": val, "val/bits_per_token": val / math.log(2)}, step=max(start, t.max_steps))
-    logger.finish()
-    results = {"val_loss": val, "val_bits_per_token": val / math.log(2)}
-    print(f"test split: {val:.4f} nats/token, {val / math.log(2):.4f} bits/token (uniform: "
-          f"{math.log(gpt_cfg.vocab_size):.4f} nats)")
-    print(f"checkpoint: {ckpt_dir}")
-    return results
+    """The whole stage on the engine: token cache, then trainer.max_steps of next-token prediction, evaluated
+    and saved."""
+    engine = Engine(run.trainer, out_dir, config, run.logger, resume=run.resume, stage="gpt")
+    return engine.fit(GPTTask(run, engine))

@@ -6,6 +6,7 @@ Only rank 0 logs (STYLE 10); other ranks get a logger that does nothing.
 from __future__ import annotations
 
 import json
+import math
 import netrc
 import os
 import sys
@@ -143,6 +144,9 @@ def progress(iterable: Iterable | None = None, total: int | None = None, desc: s
 
 
 def _scalar(v: Any) -> Any:
+    """A plain JSON value: tensors as floats, NaN/Inf as null (JSON has no NaN)."""
     if isinstance(v, torch.Tensor):
-        return v.detach().float().item()
+        v = v.detach().float().item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
     return v

@@ -53,10 +53,10 @@ def decay_groups(modules: nn.Module | Iterable[nn.Module]) -> tuple[list[nn.Para
 
 
 def adamw(modules: nn.Module | Iterable[nn.Module], *, lr: float, betas: tuple[float, float] | list[float],
-          weight_decay: float) -> torch.optim.AdamW:
+          weight_decay: float, fused: bool = False) -> torch.optim.AdamW:
     """AdamW with weight decay on Linear and conv weights only (minGPT's `configure_optimizers` rule): not on
-    biases, norms, embeddings or VQ codebooks. Tied weights are stepped once."""
+    biases, norms, embeddings or VQ codebooks. Tied weights are stepped once. `fused`: one fused kernel per
+    step (`trainer.fused_adamw`, on CUDA); else torch's multi-tensor (foreach) path."""
     decay, no_decay = decay_groups(modules)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = all(p.is_cuda for p in decay + no_decay) and bool(decay + no_decay)
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=fused)
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=fused or None)

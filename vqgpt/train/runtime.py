@@ -39,11 +39,12 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when `precision` is bf16; full precision otherwise (CPU autocast is slow)."""
-    if precision not in ("bf16", "fp32"):
-        raise UserError(f"trainer.precision={precision!r} is not one of bf16, fp32")
-    if device.type == "cuda" and precision == "bf16":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """`trainer.precision`: auto = bf16 autocast on CUDA, fp32 on CPU (where bf16 autocast measured slower,
+    docs/training.md); bf16 = bf16 autocast on either; fp32 = off."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise UserError(f"trainer.precision={precision!r} is not one of auto, bf16, fp32")
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -69,7 +70,7 @@ def set_threads(num_threads: int | None) -> None:
 def check_trainer(t: TrainerConfig) -> None:
     """Refuse trainer settings that would fail (or spin) later, naming the key and the fix, before step 1."""
     for key in ("batch_size", "grad_accum", "log_every", "eval_every", "sample_and_save_freq",
-                "checkpoint_every"):
+                "checkpoint_every", "max_bad_steps"):
         value = getattr(t, key)
         if value < 1:
             raise UserError(f"trainer.{key}={value} must be a positive integer")
@@ -80,6 +81,8 @@ def check_trainer(t: TrainerConfig) -> None:
         raise UserError(f"trainer.lr={t.lr} must be > 0 and trainer.min_lr={t.min_lr} >= 0")
     if t.grad_clip is not None and t.grad_clip <= 0:
         raise UserError(f"trainer.grad_clip={t.grad_clip} must be > 0, or null for off")
+    if t.ema_decay is not None and not 0 < t.ema_decay < 1:
+        raise UserError(f"trainer.ema_decay={t.ema_decay} must be in (0, 1), e.g. 0.999, or null for no EMA")
 
 
 def check_batch_fits(t: TrainerConfig, train_size: int) -> None:
@@ -101,7 +104,7 @@ def resume_from(path: str, model: nn.Module, stage: str) -> dict[str, Any]:
     The weights decide what "another architecture" is (names and shapes); the message names the config keys
     that differ. Keys that leave the weights alone (loss weights, dropout, ...) may change on resume: a note says
     which."""
-    ckpt = load_checkpoint(path, expected_stage=stage)
+    ckpt = load_checkpoint(path, expected_stage=stage, ema=False)  # training continues from the raw weights
     ours, theirs = _flat(dataclasses.asdict(model.config)), _flat(ckpt.meta["model_config"])
     differ = [k for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k)]
 

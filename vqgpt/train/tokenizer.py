@@ -10,14 +10,13 @@ checkpoints/last (the tokenizer checkpoint the GPT stage reads) and eval.json.
 from __future__ import annotations
 
 import dataclasses
-import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from vqgpt.checkpoint import rng_state, save_checkpoint, set_rng_state
 from vqgpt.config import TrainTokenizerRun, VQGANConfig
 from vqgpt.data import build_dataset, dataset_info
 from vqgpt.errors import UserError
@@ -27,28 +26,8 @@ from vqgpt.images import save_grid
 from vqgpt.tokenizers.vqgan.discriminator import build_discriminator
 from vqgpt.tokenizers.vqgan.losses import LPIPS_MIN_SIZE, VQGANLoss
 from vqgpt.tokenizers.vqgan.model import VQGAN
-from vqgpt.train.loggers import build_logger, progress
-from vqgpt.train.optim import adamw, lr_at, set_lr
-from vqgpt.train.runtime import (
-    autocast,
-    check_batch_fits,
-    check_checkpoint_target,
-    check_trainer,
-    pick_device,
-    resume_from,
-    seed_everything,
-    set_threads,
-)
-
-
-def batches(dataset: Dataset, batch_size: int, num_workers: int, seed: int) -> Iterator[torch.Tensor]:
-    """Shuffled training images forever, one fresh permutation per epoch."""
-    generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=num_workers,
-                        generator=generator, persistent_workers=num_workers > 0)
-    while True:
-        for images, _ in loader:
-            yield images
+from vqgpt.train.engine import Engine
+from vqgpt.train.loggers import progress
 
 
 @torch.no_grad()
@@ -101,117 +80,84 @@ def check_data_fits(run: TrainTokenizerRun) -> None:
                         "${dataset.channels} and ${dataset.image_size}, or set dataset.channels/dataset.image_size")
 
 
-def train_vqgan(run: TrainTokenizerRun, out_dir: Path, config: dict) -> dict:
-    """The VQ-GAN: trainer.max_steps of generator + discriminator steps, checkpoints, then the test split."""
-    t = run.trainer
-    if t.grad_accum != 1:
-        raise UserError("trainer.grad_accum must be 1 for the tokenizer (the GAN's two steps see whole batches); "
-                        "raise trainer.batch_size instead")
-    check_trainer(t)
-    check_data_fits(run)
-    set_threads(t.num_threads)
-    device = pick_device(t.device)
-    ckpt_dir = out_dir / "checkpoints" / "last"
-    check_checkpoint_target(ckpt_dir)
-    seed_everything(t.seed)
-    train_set, test_set = build_dataset(run.dataset, "train"), build_dataset(run.dataset, "test")
-    check_batch_fits(t, len(train_set))
-    meta = dataset_info(run.dataset, train_set)
+class VQGANTask:
+    """The VQ-GAN: a generator (autoencoder + codebook) step, then from disc_start a discriminator step, each with
+    its own optimizer (taming's two optimizers, one after the other)."""
 
-    model = VQGAN(run.tokenizer).to(device)
-    lpips_net = build_lpips(run.tokenizer.loss.lpips_weights) if run.tokenizer.loss.perceptual_weight > 0 else None
-    criterion = VQGANLoss(run.tokenizer.loss, lpips_net, build_discriminator(run.tokenizer)).to(device)
-    opt_g = adamw(model, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
-    opt_d = adamw(criterion.discriminator, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
-    # The full data config too, so the GPT stage tokenizes exactly the data this tokenizer saw.
-    meta.update(model.checkpoint_meta(), data_config=dataclasses.asdict(run.dataset))
+    stage, arch = "tokenizer", "vqgan"
 
-    def save(step: int) -> None:
-        state = {"step": step, "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-                 "discriminator": criterion.discriminator.state_dict(), "rng": rng_state()}
-        save_checkpoint(ckpt_dir, model, stage="tokenizer", arch="vqgan", meta=meta, step=step, train_state=state)
+    def __init__(self, run: TrainTokenizerRun, engine: Engine):
+        t = run.trainer
+        if t.grad_accum != 1:
+            raise UserError("trainer.grad_accum must be 1 for the tokenizer (the GAN's two steps see whole batches); "
+                            "raise trainer.batch_size instead")
+        check_data_fits(run)
+        self.run, self.out_dir, device = run, engine.out_dir, engine.device
+        with engine.main_first():  # one download per machine
+            self.train_set, self.test_set = build_dataset(run.dataset, "train"), build_dataset(run.dataset, "test")
+        engine.check_data(self.train_set)
+        self.model = VQGAN(run.tokenizer).to(device)
+        loss = run.tokenizer.loss
+        lpips_net = build_lpips(loss.lpips_weights) if loss.perceptual_weight > 0 else None
+        self.criterion = VQGANLoss(loss, lpips_net, build_discriminator(run.tokenizer)).to(device)
+        self.discriminator = self.criterion.discriminator
+        self.modules = {"model": self.model, "discriminator": self.discriminator}
+        self.optimizers = {"model": engine.adamw(self.model), "discriminator": engine.adamw(self.discriminator)}
+        pretraining = getattr(run.tokenizer.quantizer, "pretrain_steps", 0) > 0  # the quantizer sits idle at first
+        self.net = engine.prepare(self.model, convnet=True, find_unused=pretraining)
+        self.disc_net = engine.prepare(self.discriminator, convnet=True)
+        self.fixed = torch.stack([self.test_set[i][0] for i in range(min(8, len(self.test_set)))]).to(device)
+        self.lpips_eval = eval_lpips(run, self.criterion) if engine.is_main else None
+        self.device, self.batch_size, self.num_workers = device, t.batch_size, t.num_workers
+        # The full data config too, so the GPT stage tokenizes exactly the data this tokenizer saw.
+        self.meta = dataset_info(run.dataset, self.train_set)
+        self.meta.update(self.model.checkpoint_meta(), data_config=dataclasses.asdict(run.dataset))
 
-    start = 0
-    if run.resume:
-        state = resume_from(run.resume, model, "tokenizer")
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
-        criterion.discriminator.load_state_dict(state["discriminator"])
-        set_rng_state(state["rng"])
-        start = state["step"]
+    def describe(self) -> str:
+        h, w = self.model.latent_grid
+        n_params = sum(p.numel() for p in self.model.parameters())
+        return (f"{self.meta['dataset']}: {len(self.train_set)} train / {len(self.test_set)} test images; VQ-GAN "
+                f"{n_params / 1e6:.2f}M params, {h}x{w} tokens of K={self.model.codebook_size}")
 
-    logger = build_logger(run.logger, out_dir, config)
-    mixed = autocast(device, t.precision)
-    fixed = torch.stack([test_set[i][0] for i in range(min(8, len(test_set)))]).to(device)
-    data = batches(train_set, t.batch_size, t.num_workers, t.seed + start)
-    n_params = sum(p.numel() for p in model.parameters())
-    h, w = model.latent_grid
-    print(f"{meta['dataset']}: {len(train_set)} train / {len(test_set)} test images; VQ-GAN {n_params / 1e6:.2f}M "
-          f"params, {h}x{w} tokens of K={model.codebook_size}; on {device}")
-
-    model.train()
-    criterion.train()
-    bar = progress(total=t.max_steps, initial=start, desc="tokenizer", enabled=t.progress_bar)
-    for step in range(start, t.max_steps):
-        lr = lr_at(step, lr=t.lr, min_lr=t.min_lr, warmup_steps=t.warmup_steps, max_steps=t.max_steps)
-        set_lr(opt_g, lr)
-        set_lr(opt_d, lr)
-        x = next(data).to(device, non_blocking=True)
-
-        # Generator (autoencoder + codebook) step.
-        with mixed:
-            x_rec, q = model(x)
-            loss, logs = criterion.generator_loss(x, x_rec, q.loss, step, model.last_layer)
-        opt_g.zero_grad(set_to_none=True)
-        loss.backward()
-        if t.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        opt_g.step()
-
-        # Discriminator step, from disc_start on (taming's two optimizers, one after the other).
-        if criterion.gan_active(step):
-            with mixed:
-                d_loss, d_logs = criterion.discriminator_loss(x, x_rec.detach(), step)
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            if t.grad_clip:
-                torch.nn.utils.clip_grad_norm_(criterion.discriminator.parameters(), t.grad_clip)
-            opt_d.step()
+    def train_step(self, e: Engine, step: int) -> dict[str, Any]:
+        (x, _), crit = e.next_batch(), self.criterion
+        gan = crit.gan_active(step)
+        self.discriminator.requires_grad_(False)  # the generator's loss reads the discriminator, never trains it
+        with e.autocast:
+            x_rec, q = self.net(x)
+            loss, logs = crit.generator_loss(x, x_rec, q.loss, step, self.model.last_layer)
+        e.backward(loss)
+        e.optimizer_step("model")
+        if gan:
+            self.discriminator.requires_grad_(True)
+            with e.autocast:
+                d_loss, d_logs = crit.discriminator_loss(x, x_rec.detach(), step, discriminator=self.disc_net)
+            e.backward(d_loss)
+            e.optimizer_step("discriminator")
             logs.update(d_logs)
+        return {**logs, **{f"codebook/{k}": v for k, v in q.metrics.items()}}
 
-        bar.update(1)
-        done = step + 1
-        if step % t.log_every == 0 or done == t.max_steps:
-            logs.update({f"codebook/{k}": v for k, v in q.metrics.items()}, **{"train/lr": lr})
-            logger.log(logs, step=done)
-            bar.set_postfix(loss=f"{logs['train/loss'].item():.4f}", rec=f"{logs['train/rec_loss'].item():.4f}",
-                            usage=f"{float(q.metrics.get('usage', float('nan'))):.2f}")
-        if done % t.eval_every == 0 and done != t.max_steps:  # the final evaluation follows the loop
-            val = evaluate(model, test_set, criterion.perceptual, device, t.batch_size, t.num_workers)
-            logger.log({f"val/{k}": v for k, v in val.items() if v is not None}, step=done)
-            bar.write(f"step {done}: test PSNR {val['psnr']:.2f} dB, usage {val['usage']:.3f}")
-        if done % t.sample_and_save_freq == 0 or done == t.max_steps:
-            model.eval()
-            with torch.no_grad():
-                recon = model.decode_tokens(model.tokenize(fixed))
-            model.train()
-            path = save_grid(torch.cat([fixed, recon]), out_dir / "reconstructions" / f"step_{done:07d}.png",
-                             nrow=fixed.shape[0])
-            logger.log_image("val/reconstructions", path, step=done)
-        if done % t.checkpoint_every == 0 or done == t.max_steps:
-            save(done)
-    bar.close()
-    if start >= t.max_steps:
-        save(start)
+    def evaluate(self, model: VQGAN) -> dict[str, Any]:
+        return evaluate(model, self.test_set, self.lpips_eval, self.device, self.batch_size, self.num_workers)
 
-    results = evaluate(model, test_set, eval_lpips(run, criterion), device, t.batch_size, t.num_workers)
-    logger.log({f"val/{k}": v for k, v in results.items() if v is not None}, step=t.max_steps)
-    logger.finish()
-    (out_dir / "eval.json").write_text(json.dumps(results, indent=2))
-    shown = {k: (f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in results.items()}
-    print("test split: " + ", ".join(f"{k} {v}" for k, v in shown.items()))
-    print(f"checkpoint: {ckpt_dir}")
-    return results
+    def snapshot(self, model: VQGAN, step: int) -> Path:
+        """The fixed test images above their reconstructions."""
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            recon = model.decode_tokens(model.tokenize(self.fixed))
+        model.train(was_training)
+        return save_grid(torch.cat([self.fixed, recon]), self.out_dir / "reconstructions" / f"step_{step:07d}.png",
+                         nrow=self.fixed.shape[0])
+
+    def summary(self, results: dict[str, Any]) -> str:
+        return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in results.items())
+
+
+def train_vqgan(run: TrainTokenizerRun, out_dir: Path, config: dict) -> dict:
+    """The VQ-GAN stage on the engine: trainer.max_steps of generator + discriminator steps, then the test split."""
+    engine = Engine(run.trainer, out_dir, config, run.logger, resume=run.resume, stage="tokenizer")
+    return engine.fit(VQGANTask(run, engine))
 
 
 # One training task per tokenizer schema; a new tokenizer adds its own.

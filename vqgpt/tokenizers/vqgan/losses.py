@@ -157,15 +157,17 @@ class VQGANLoss(nn.Module):
                 "q_loss": q_loss, "g_loss": g_loss, "d_weight": d_weight}
         return loss, {f"{split}/{k}": v.detach() for k, v in logs.items()}
 
-    def discriminator_loss(self, x: torch.Tensor, x_rec: torch.Tensor, step: int,
-                           split: str = "train") -> tuple[torch.Tensor, dict]:
-        """The discriminator's loss on real images and (detached) reconstructions, and its logs.
+    def discriminator_loss(self, x: torch.Tensor, x_rec: torch.Tensor, step: int, split: str = "train",
+                           discriminator: nn.Module | None = None) -> tuple[torch.Tensor, dict]:
+        """The discriminator's loss on real images and (detached) reconstructions, and its logs. `discriminator`:
+        the module to call, when it is wrapped (DDP, compile); default this loss's own.
 
         Before `disc_start` the loss is multiplied by 0 (taming's disc_factor); better to skip the
         discriminator step then, with `gan_active(step)`.
         """
-        logits_real = self.discriminator(x.contiguous().detach()).float()  # fp32 losses under autocast
-        logits_fake = self.discriminator(x_rec.contiguous().detach()).float()
+        discriminator = discriminator if discriminator is not None else self.discriminator
+        logits_real = discriminator(x.contiguous().detach()).float()  # fp32 losses under autocast
+        logits_fake = discriminator(x_rec.contiguous().detach()).float()
         d_loss = self.d_loss_fn(logits_real, logits_fake) * float(self.gan_active(step))
         logs = {"d_loss": d_loss, "logits_real": logits_real.mean(), "logits_fake": logits_fake.mean()}
         return d_loss, {f"{split}/{k}": v.detach() for k, v in logs.items()}

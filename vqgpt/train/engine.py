@@ -1,0 +1,566 @@
+"""The one training engine: every stage (tokenizer, GPT, classifier, and those to come) is a small task that says
+what a step computes; the engine owns the rest, once.
+
+    engine = Engine(run.trainer, out_dir, config, run.logger, resume=run.resume, stage="gpt")
+    task = GPTTask(run, engine)           # builds models and optimizers on engine.device
+    results = engine.fit(task)
+
+The engine owns the train state (models, optimizers, step, the data order and position within the epoch, every
+RNG of every rank, the quantizer's buffers, the EMA weights) and saves and restores all of it, so a resumed run
+continues as if never stopped. Around the task's step it runs the loop skeleton: device and process group
+(torchrun), seeding, the LR schedule, autocast, accumulation, clipping, skipping non-finite steps, EMA, the
+log/eval/sample/checkpoint cadence, the progress bar, SIGINT/SIGTERM, and the final evaluation.
+
+A task has: `stage`, `arch`, `meta` (its checkpoint's config.json facts), `model` (the checkpointed module),
+`modules` and `optimizers` (dicts with the same keys; "model" first), `train_set`, and the methods
+`train_step(engine, step) -> logs`, `evaluate(model) -> results`, `snapshot(model, step) -> Path | None`
+(a picture of progress) and `summary(results) -> str`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import shlex
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
+
+from vqgpt.checkpoint import (
+    EMA_FILE,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from vqgpt.config import LoggerConfig, TrainerConfig
+from vqgpt.errors import UserError
+from vqgpt.train.loggers import build_logger, progress
+from vqgpt.train.optim import adamw, lr_at, set_lr
+from vqgpt.train.runtime import (
+    autocast,
+    check_batch_fits,
+    check_checkpoint_target,
+    check_trainer,
+    pick_device,
+    resume_from,
+    seed_everything,
+    set_threads,
+)
+
+
+class Task(Protocol):
+    """What a stage gives the engine (see the module docstring)."""
+
+    stage: str
+    arch: str
+    meta: dict[str, Any]
+    model: nn.Module
+    modules: dict[str, nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+    train_set: Dataset
+
+    def train_step(self, engine: Engine, step: int) -> dict[str, Any]: ...
+    def describe(self) -> str: ...
+    def evaluate(self, model: nn.Module) -> dict[str, Any]: ...
+    def snapshot(self, model: nn.Module, step: int) -> Path | None: ...
+    def summary(self, results: dict[str, Any]) -> str: ...
+
+
+class Interrupted(UserError):
+    """SIGINT/SIGTERM: the run stopped after a checkpoint; the message says how to resume."""
+
+    label = "interrupted"
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+
+# ---------------------------------------------------------------------------------------------------------
+# distributed set-up (torchrun): a no-op for a plain `python scripts/...` run
+
+
+def distributed() -> bool:
+    """True under torchrun (or any launcher that sets WORLD_SIZE) with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_distributed() -> None:
+    """Join the process group torchrun describes (env://): gloo for CPU tensors, NCCL for CUDA ones."""
+    if not distributed() or dist.is_initialized():
+        return
+    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend=backend)
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def train_device(name: str) -> torch.device:
+    """`trainer.device`, except that under torchrun each process takes the GPU of its LOCAL_RANK."""
+    if not distributed():
+        return pick_device(name)
+    if name not in ("auto", "cpu", "cuda"):
+        raise UserError(f"trainer.device={name} under torchrun: use auto, cuda or cpu (each process takes the GPU "
+                        "of its LOCAL_RANK); pick GPUs with CUDA_VISIBLE_DEVICES")
+    device = pick_device(name)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return device
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's `obj` on every rank (plain Python objects)."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+@contextlib.contextmanager
+def main_rank_first() -> Iterator[None]:
+    """Rank 0 runs the block first (a download, a token cache), then the others, which find its result."""
+    if dist.is_initialized() and rank() != 0:
+        dist.barrier()
+    yield
+    if dist.is_initialized() and rank() == 0:
+        dist.barrier()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the data order: resumable to the batch, one permutation per epoch, sharded across ranks
+
+
+class BatchStream:
+    """Training batches forever: each epoch a fresh permutation (seed + epoch, as DistributedSampler draws it),
+    this rank's share of it, full batches only. Its state is (epoch, batches taken), so a resumed run continues
+    mid-epoch with the very batches an uninterrupted run would have seen."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int, num_workers: int = 0):
+        self.dataset, self.batch_size, self.seed, self.num_workers = dataset, batch_size, seed, num_workers
+        self.epoch, self.position = 0, 0
+        self._batches: Iterator | None = None
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position, self._batches = int(state["epoch"]), int(state["position"]), None
+
+    def _start_epoch(self) -> Iterator:
+        sampler = DistributedSampler(self.dataset, num_replicas=world_size(), rank=rank(), shuffle=True,
+                                     seed=self.seed, drop_last=True)
+        sampler.set_epoch(self.epoch)
+        batches = list(BatchSampler(sampler, self.batch_size, drop_last=True))[self.position:]
+        # Its own generator: the workers' seeds never draw from (and so never shift) the global RNG.
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
+                               generator=generator))
+
+    def __next__(self) -> Any:
+        if self._batches is None:
+            self._batches = self._start_epoch()
+        try:
+            batch = next(self._batches)
+        except StopIteration:
+            self.epoch, self.position = self.epoch + 1, 0
+            self._batches = self._start_epoch()
+            batch = next(self._batches)
+        self.position += 1
+        return batch
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+
+# ---------------------------------------------------------------------------------------------------------
+# EMA of the weights
+
+
+class EMA:
+    """Exponential moving average of a model's weights, buffers copied (the quantizer's codebook state).
+
+    The decay ramps up as min(decay, (1 + n) / (10 + n)) over the first updates, as TensorFlow's
+    ExponentialMovingAverage(num_updates) does, so a short run's average is not dominated by its random init."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        ours = [p for p in self.module.parameters() if p.dtype.is_floating_point]
+        theirs = [p.detach() for p in model.parameters() if p.dtype.is_floating_point]
+        torch._foreach_lerp_(ours, theirs, 1.0 - decay)
+        for mine, other in zip(self.module.buffers(), model.buffers(), strict=True):
+            mine.copy_(other)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the engine
+
+
+class Engine:
+    """Owns device, process group, train state and loop for one training run (see the module docstring)."""
+
+    def __init__(self, trainer: TrainerConfig, out_dir: Path, config: dict[str, Any], logger: LoggerConfig,
+                 resume: str | None, stage: str):
+        check_trainer(trainer)
+        set_threads(trainer.num_threads)
+        self.t, self.out_dir, self.stage = trainer, out_dir, stage
+        init_distributed()
+        self.rank, self.world = rank(), world_size()
+        self.is_main = self.rank == 0
+        self.device = train_device(trainer.device)
+        seed_everything(trainer.seed + self.rank)  # ranks draw different dropout; DDP syncs the initial weights
+        self.ckpt_dir = out_dir / "checkpoints" / "last"
+        self.resume = self._resume_path(resume)
+        if self.resume != self.ckpt_dir:
+            check_checkpoint_target(self.ckpt_dir)
+        self.autocast = autocast(self.device, trainer.precision)
+        self.logger = build_logger(logger, out_dir, config, rank=self.rank)  # first: a bad wandb setting fails now
+        self._finite: torch.Tensor | None = None
+        self._skipped_now: set[str] = set()
+        self._snapshots: dict[str, list[torch.Tensor]] = {}
+        self._signal: int | None = None
+
+    # ---- what a task calls while it builds itself
+
+    def prepare(self, module: nn.Module, *, convnet: bool = False, find_unused: bool = False) -> nn.Module:
+        """The module as the train step should call it: channels_last (convnets, `trainer.channels_last`),
+        compiled (`trainer.compile`), wrapped in DistributedDataParallel under torchrun. Weights stay shared."""
+        if convnet and self.t.channels_last:
+            module.to(memory_format=torch.channels_last)
+        net = torch.compile(module) if self.t.compile else module
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            net = DistributedDataParallel(net, device_ids=ids, find_unused_parameters=find_unused)
+        return net
+
+    def adamw(self, modules: nn.Module | list[nn.Module]) -> torch.optim.AdamW:
+        """AdamW with the trainer's lr/betas/weight decay (decay on Linear/conv weights only); fused on CUDA."""
+        return adamw(modules, lr=self.t.lr, betas=self.t.betas, weight_decay=self.t.weight_decay,
+                     fused=self.t.fused_adamw and self.device.type == "cuda")
+
+    def check_data(self, train_set: Dataset) -> None:
+        """Refuse a batch that this process's share of the training split could never fill (before any model
+        is built)."""
+        check_batch_fits(self.t, len(train_set) // self.world)
+
+    def main_first(self) -> contextlib.AbstractContextManager:
+        """Rank 0 runs the block first (a download, the token cache), then the others."""
+        return main_rank_first()
+
+    # ---- what a task calls inside train_step
+
+    def next_batch(self) -> list[torch.Tensor]:
+        """The next training batch, on the device."""
+        return [x.to(self.device, non_blocking=True) for x in next(self.batches)]
+
+    def micro_batches(self, net: nn.Module) -> Iterator[list[torch.Tensor]]:
+        """`trainer.grad_accum` batches; under DDP the gradients are all-reduced only after the last one."""
+        for i in range(self.t.grad_accum):
+            last = i == self.t.grad_accum - 1
+            sync = net.no_sync() if isinstance(net, DistributedDataParallel) and not last else contextlib.nullcontext()
+            with sync:
+                yield self.next_batch()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """loss.backward(), remembering (without a host sync) whether the loss was finite."""
+        finite = torch.isfinite(loss.detach())
+        self._finite = finite if self._finite is None else self._finite & finite
+        loss.backward()
+
+    def optimizer_step(self, name: str) -> bool:
+        """Clip, then step `optimizers[name]`, unless the loss or the gradient norm is not finite (on any rank):
+        then skip it (no update, the module's buffers put back) and return False."""
+        optimizer, module = self.task.optimizers[name], self.task.modules[name]
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.t.grad_clip or math.inf) if params else torch.zeros(())
+        ok = torch.isfinite(norm).to(self.device)
+        if self._finite is not None:
+            ok = ok & self._finite
+        self._finite = None
+        if self.world > 1:
+            ok = ok.to(torch.int32)
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        if bool(ok):
+            optimizer.step()
+        else:
+            self._skipped_now.add(name)
+            with torch.no_grad():
+                for buf, saved in zip(module.buffers(), self._snapshots[name], strict=True):
+                    buf.copy_(saved)
+        optimizer.zero_grad(set_to_none=True)
+        return bool(ok)
+
+    # ---- the loop
+
+    def fit(self, task: Task) -> dict[str, Any]:
+        """Train `task` to trainer.max_steps (from its checkpoint when resuming), then evaluate it."""
+        t = self.t
+        self.task = task
+        self.batches = BatchStream(task.train_set, t.batch_size, t.seed, t.num_workers)
+        for module in task.modules.values():
+            module.train()
+        self.ema = EMA(task.model, t.ema_decay) if t.ema_decay else None
+        start, skipped = 0, 0
+        if self.resume is not None:
+            start, skipped = self._restore(task)
+        if self.is_main and self.logger.path is not None:
+            _drop_rows_after(self.logger.path, start)  # a resumed run logs those steps again
+        global_batch = t.batch_size * t.grad_accum * self.world
+        self.say(f"{task.describe()}; on {self.device}"
+                 + (f" x {self.world} processes" if self.world > 1 else "")
+                 + f"; batch {global_batch} = {t.batch_size} per process x {t.grad_accum} accumulated"
+                 + (f" x {self.world} processes" if self.world > 1 else ""))
+
+        bad_in_a_row = 0
+        done = start
+        bar = progress(total=t.max_steps, initial=start, desc=task.stage, enabled=t.progress_bar and self.is_main)
+        with self._signals():
+            for step in range(start, t.max_steps):
+                lr = lr_at(step, lr=t.lr, min_lr=t.min_lr, warmup_steps=t.warmup_steps, max_steps=t.max_steps)
+                for optimizer in task.optimizers.values():
+                    set_lr(optimizer, lr)
+                self._snapshots = {name: [b.detach().clone() for b in m.buffers()] for name, m in task.modules.items()}
+                self._skipped_now = set()
+                logs = task.train_step(self, step)
+                done = step + 1
+                if self._skipped_now:
+                    skipped += 1
+                    bad_in_a_row += 1
+                    bar.write(f"step {done}: non-finite loss or gradients in {', '.join(sorted(self._skipped_now))}; "
+                              "step skipped")
+                    if bad_in_a_row >= t.max_bad_steps:
+                        self._stop_bad(done, bad_in_a_row, lr)
+                else:
+                    bad_in_a_row = 0
+                    if self.ema is not None:
+                        self.ema.update(task.model, step)
+                bar.update(1)
+                if step % t.log_every == 0 or done == t.max_steps:
+                    self.logger.log({**logs, "train/lr": lr, "train/skipped_steps": skipped}, step=done)
+                    if "train/loss" in logs:
+                        bar.set_postfix(loss=f"{float(logs['train/loss']):.4f}")
+                if done % t.eval_every == 0 and done != t.max_steps and self.is_main:  # final eval follows
+                    val = task.evaluate(self.eval_model)
+                    self.logger.log({f"val/{k}": v for k, v in val.items() if v is not None}, step=done)
+                    bar.write(f"step {done}: {task.summary(val)}")
+                if (done % t.sample_and_save_freq == 0 or done == t.max_steps) and self.is_main:
+                    path = task.snapshot(self.eval_model, done)
+                    if path is not None:
+                        self.logger.log_image(f"val/{path.parent.name}", path, step=done)
+                saved = done % t.checkpoint_every == 0 or done == t.max_steps
+                if saved:
+                    self.save(done, skipped)
+                if self._stop_requested():
+                    if not saved:
+                        self.save(done, skipped)
+                    bar.close()
+                    self.logger.finish()
+                    raise self._interrupted(done)
+        bar.close()
+        if start >= t.max_steps:
+            self.save(start, skipped)
+
+        results: dict[str, Any] = {}
+        if self.is_main:
+            results = task.evaluate(self.eval_model)
+            self.logger.log({f"val/{k}": v for k, v in results.items() if v is not None}, step=done)
+            (self.out_dir / "eval.json").write_text(json.dumps(results, indent=2))
+            self.say(f"test split: {task.summary(results)}")
+            self.say(f"checkpoint: {self.ckpt_dir}")
+        self.logger.finish()
+        self.barrier()
+        return results
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What evaluation, pictures and sample.py use: the EMA weights when kept, else the trained ones."""
+        return self.ema.module if self.ema is not None else self.task.model
+
+    def say(self, text: str) -> None:
+        """Print on rank 0 only."""
+        if self.is_main:
+            print(text, flush=True)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    # ---- save and restore
+
+    def save(self, step: int, skipped: int) -> None:
+        """Write checkpoints/last (rank 0), with every rank's RNG state; all ranks wait for it."""
+        rngs = [None] * self.world
+        if self.world > 1:
+            dist.all_gather_object(rngs, rng_state())
+        else:
+            rngs = [rng_state()]
+        if self.is_main:
+            task = self.task
+            state = {
+                "step": step,
+                "max_steps": self.t.max_steps,
+                "skipped_steps": skipped,
+                "world_size": self.world,
+                "optimizers": {k: o.state_dict() for k, o in task.optimizers.items()},
+                "modules": {k: m.state_dict() for k, m in task.modules.items() if k != "model"},
+                "data": self.batches.state_dict(),
+                "rng": rngs,
+            }
+            save_checkpoint(self.ckpt_dir, task.model, stage=task.stage, arch=task.arch, meta=task.meta, step=step,
+                            train_state=state, ema=self.ema.module if self.ema is not None else None)
+        self.barrier()
+
+    def _resume_path(self, resume: str | None) -> Path | None:
+        """resume=true: this run dir's checkpoints/last; resume=<dir>: that checkpoint; None: a fresh run."""
+        if resume is None or str(resume).lower() == "false":
+            return None
+        if str(resume).lower() == "true":
+            if not (self.ckpt_dir / "config.json").is_file():
+                raise UserError(f"resume=true but this run dir has no checkpoint ({self.ckpt_dir}); point "
+                                "hydra.run.dir at the run to continue, or pass resume=<checkpoint dir>")
+            return self.ckpt_dir
+        return Path(resume).expanduser()
+
+    def _restore(self, task: Task) -> tuple[int, int]:
+        """Load the whole train state from self.resume; returns (step, skipped steps so far)."""
+        path = str(self.resume)
+        state = resume_from(path, task.model, task.stage)
+        for key in ("optimizers", "data", "rng"):
+            if key not in state:
+                raise UserError(f"resume={path} was written by an older vqgpt without the full train state "
+                                f"({key}); drop resume= to start a fresh run")
+        for name, optimizer in task.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
+        for name, module in task.modules.items():
+            if name != "model":
+                module.load_state_dict(state["modules"][name])
+        if self.ema is not None:
+            from safetensors.torch import load_model
+
+            ema_file = Path(path) / EMA_FILE
+            if ema_file.is_file():
+                load_model(self.ema.module, ema_file, device=str(self.device))
+            else:
+                self.say(f"resume: {path} has no EMA weights; the EMA starts from the resumed weights")
+                self.ema.module.load_state_dict(task.model.state_dict())
+        self.batches.load_state_dict(state["data"])
+        if len(state["rng"]) == self.world:
+            set_rng_state(state["rng"][self.rank])
+        else:
+            self.say(f"resume: saved by {len(state['rng'])} processes, resumed by {self.world}: the data order "
+                     "and random streams start afresh from trainer.seed (not an exact continuation)")
+            self.batches.load_state_dict({"epoch": state["data"]["epoch"] + 1, "position": 0})
+        step = int(state["step"])
+        was = int(state.get("max_steps", self.t.max_steps))
+        if was != self.t.max_steps and step < self.t.max_steps:
+            t = self.t
+            before = lr_at(step - 1, lr=t.lr, min_lr=t.min_lr, warmup_steps=t.warmup_steps, max_steps=was)
+            after = lr_at(step, lr=t.lr, min_lr=t.min_lr, warmup_steps=t.warmup_steps, max_steps=t.max_steps)
+            self.say(f"resume: trainer.max_steps {was} -> {t.max_steps}: the LR schedule is recomputed for "
+                     f"{t.max_steps} steps, so at step {step} the LR goes from {before:.3g} to {after:.3g} (lower "
+                     "trainer.lr to continue more gently)")
+        self.say(f"resume: continuing from step {step} of {path}")
+        return step, int(state.get("skipped_steps", 0))
+
+    # ---- signals and bad steps
+
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        """SIGINT/SIGTERM: finish the step, checkpoint, stop (see fit). A second one exits at once."""
+        if not threading_main():
+            yield
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._signal is not None:
+                print(f"\n{signal.Signals(signum).name} again: exiting now; the last checkpoint in {self.ckpt_dir} "
+                      "stays", file=sys.stderr, flush=True)
+                os._exit(128 + signum)
+            self._signal = signum
+            if self.is_main:
+                print(f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint (send it "
+                      "again to exit at once)", file=sys.stderr, flush=True)
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def _stop_requested(self) -> bool:
+        """Whether any rank got a signal (all ranks stop after the same step)."""
+        flag = self._signal or 0
+        if self.world > 1:
+            box = torch.tensor(flag, dtype=torch.int32, device=self.device)
+            dist.all_reduce(box, op=dist.ReduceOp.MAX)
+            flag = int(box)
+        if flag and self._signal is None:
+            self._signal = flag
+        return bool(flag)
+
+    def _interrupted(self, step: int) -> Interrupted:
+        name = signal.Signals(self._signal).name
+        return Interrupted(f"{name} at step {step}: checkpoint saved in {self.ckpt_dir}; continue with: "
+                           f"{resume_command(self.out_dir)}", self._signal)
+
+    def _stop_bad(self, step: int, count: int, lr: float) -> None:
+        raise UserError(f"step {step}: the loss or gradients were not finite for {count} steps in a row "
+                        f"(trainer.max_bad_steps={self.t.max_bad_steps}); stopped, the last good checkpoint stays in "
+                        f"{self.ckpt_dir}; lower trainer.lr (it was {lr:.3g}) or set trainer.grad_clip, then resume "
+                        "or start again")
+
+
+def threading_main() -> bool:
+    """Signal handlers can only be installed from the main thread."""
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def resume_command(out_dir: Path) -> str:
+    """This very command line, pointed at its run dir with resume=true (what to type to continue)."""
+    keep = [a for a in sys.argv[1:] if not a.startswith(("resume=", "hydra.run.dir=", "out_dir="))]
+    launcher = f"torchrun --nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', 1)}" if distributed() else "python"
+    script = os.path.relpath(sys.argv[0]) if sys.argv and sys.argv[0] else "scripts/<stage>.py"
+    where = [f"hydra.run.dir={out_dir.resolve()}", "out_dir=."]  # the run dir is out_dir itself, wherever it was
+    return " ".join([launcher, shlex.quote(script), *map(shlex.quote, keep + where), "resume=true"])
+
+
+def _drop_rows_after(path: Path, step: int) -> None:
+    """Keep only metrics.jsonl rows up to `step` (a resumed run logs the later steps again); atomic rewrite."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except json.JSONDecodeError:  # a line cut by a kill: drop it
+            continue
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(f"{line}\n" for line in kept))
+    os.replace(tmp, path)
