@@ -26,6 +26,26 @@ PATTERNS = DatasetConfig(name="patterns", image_size=8, channels=3, num_classes=
                                       "circle", "square"])
 
 
+# A tokenizer that trains in seconds on 16x16 patterns, with the discriminator joining at step 2.
+TINY_TOKENIZER = ("dataset=patterns", "tokenizer/quantizer=vq", "dataset.image_size=16", "dataset.num_train=64",
+                  "dataset.num_test=16",
+                  "trainer=debug", "tokenizer.channels=8", "tokenizer.z_channels=8", "tokenizer.embed_dim=8",
+                  "tokenizer.ch_mult=[1,2]", "tokenizer.quantizer.num_codewords=16",
+                  "tokenizer.loss.perceptual_weight=0", "tokenizer.loss.disc_start=2",
+                  "tokenizer.loss.disc_channels=8", "tokenizer.loss.disc_layers=1")
+
+
+def compose_run(config_name: str, *overrides: str):
+    """The typed run config a script would get from `overrides` (Hydra compose, no run dir)."""
+    from hydra import compose, initialize_config_dir
+
+    from vqgpt.config import CONFIG_DIR, register_configs, to_object
+
+    register_configs()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3", job_name=config_name):
+        return to_object(compose(config_name, overrides=list(overrides)))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def private_cache(tmp_path_factory) -> Path:
     """vqgpt's cache (token caches, converted weights) in a session temp dir, never the user's; no downloads."""

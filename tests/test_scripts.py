@@ -6,6 +6,7 @@ import json
 
 import torch
 import yaml
+from conftest import TINY_TOKENIZER
 
 
 def test_inspect_data_on_patterns_writes_summary_grid_and_resolved_config(tmp_path, run_script):
@@ -33,14 +34,6 @@ def test_missing_dataset_is_one_line_error_with_exit_2(tmp_path, run_script):
     assert "cifar10" in lines[0] and str(empty) in lines[0] and "download" in lines[0]
 
 
-TINY_TOKENIZER = ("dataset=patterns", "tokenizer/quantizer=vq", "dataset.image_size=16", "dataset.num_train=64",
-                  "dataset.num_test=16",
-                  "trainer=debug", "tokenizer.channels=8", "tokenizer.z_channels=8", "tokenizer.embed_dim=8",
-                  "tokenizer.ch_mult=[1,2]", "tokenizer.quantizer.num_codewords=16",
-                  "tokenizer.loss.perceptual_weight=0", "tokenizer.loss.disc_start=2",
-                  "tokenizer.loss.disc_channels=8", "tokenizer.loss.disc_layers=1")
-
-
 def test_train_tokenizer_smoke_run_writes_a_loadable_checkpoint_and_eval(tmp_path, run_script):
     from vqgpt.checkpoint import load_checkpoint, load_train_state
 
@@ -60,17 +53,6 @@ def test_train_tokenizer_smoke_run_writes_a_loadable_checkpoint_and_eval(tmp_pat
     # trainer.eval_every=2 of 4 steps: validation at step 2 (regression: it was never read), then the final one
     assert [r["step"] for r in rows if "val/psnr" in r] == [2, 4]
     assert sorted(p.name for p in (run / "reconstructions").iterdir()) == ["step_0000002.png", "step_0000004.png"]
-
-
-def test_train_tokenizer_resumes_from_its_checkpoint(tmp_path, run_script):
-    first = run_script("train_tokenizer.py", *TINY_TOKENIZER, "trainer.max_steps=2",
-                       f"hydra.run.dir={tmp_path / 'a'}", cwd=tmp_path)
-    assert first.returncode == 0, first.stderr
-    again = run_script("train_tokenizer.py", *TINY_TOKENIZER, f"resume={tmp_path / 'a' / 'checkpoints' / 'last'}",
-                       f"hydra.run.dir={tmp_path / 'b'}", cwd=tmp_path)
-    assert again.returncode == 0, again.stderr
-    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
-    assert min(steps) == 3  # picked up after step 2
 
 
 def test_train_tokenizer_bad_image_size_is_one_line_error(tmp_path, run_script):

@@ -253,7 +253,7 @@ class SampleRun:
     checkpoint_gpt: str | None = None
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     checkpoint_classifier: str | None = None  # scores candidates when sampling.accept_n > 1
-    ema: bool = True  # use a checkpoint's EMA weights when it has them; false = the raw trained weights
+    ema: bool = True  # the GPT's EMA weights when its checkpoint has them; false = its raw trained weights
     device: str = "auto"
     out_dir: str = "."
     batch_size: int = 256  # sequences generated at once (accept_n multiplies the images asked for)

@@ -95,7 +95,11 @@ def load_models(run: SampleRun, device: torch.device) -> Models:
         if not getattr(run, key):
             raise UserError(f"{key} is not set; pass {key}=<checkpoint directory>")
     tok = load_checkpoint(run.checkpoint_vae, expected_stage="tokenizer", map_location=device)
-    gpt = load_checkpoint(run.checkpoint_gpt, expected_stage="gpt", map_location=device)
+    # The tokenizer's weights are the ones the GPT's token cache was made with (EMA when present); `ema` picks the
+    # GPT's: its EMA weights when it has them, or the raw trained ones.
+    gpt = load_checkpoint(run.checkpoint_gpt, expected_stage="gpt", map_location=device, ema=run.ema)
+    if gpt.weights == "ema":
+        print(f"{run.checkpoint_gpt}: sampling with its EMA weights (ema=false for the raw ones)")
     check_pair(tok.model, gpt.model, run.checkpoint_vae, run.checkpoint_gpt)
     check_sample_run(run, gpt.model)
     resolve_class(run.sampling.class_label, gpt.meta.get("class_names"), gpt.model.config.num_classes)

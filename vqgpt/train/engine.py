@@ -38,7 +38,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 
 from vqgpt.checkpoint import (
-    EMA_FILE,
+    load_checkpoint,
+    read_meta,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -438,9 +439,11 @@ class Engine:
         if resume is None or str(resume).lower() == "false":
             return None
         if str(resume).lower() == "true":
-            if not (self.ckpt_dir / "config.json").is_file():
+            try:
+                read_meta(self.ckpt_dir)  # (or the copy a save killed between its renames left)
+            except UserError:
                 raise UserError(f"resume=true but this run dir has no checkpoint ({self.ckpt_dir}); point "
-                                "hydra.run.dir at the run to continue, or pass resume=<checkpoint dir>")
+                                "hydra.run.dir at the run to continue, or pass resume=<checkpoint dir>") from None
             return self.ckpt_dir
         return Path(resume).expanduser()
 
@@ -458,14 +461,10 @@ class Engine:
             if name != "model":
                 module.load_state_dict(state["modules"][name])
         if self.ema is not None:
-            from safetensors.torch import load_model
-
-            ema_file = Path(path) / EMA_FILE
-            if ema_file.is_file():
-                load_model(self.ema.module, ema_file, device=str(self.device))
-            else:
+            saved = load_checkpoint(path, expected_stage=task.stage, map_location=self.device)
+            if saved.weights != "ema":
                 self.say(f"resume: {path} has no EMA weights; the EMA starts from the resumed weights")
-                self.ema.module.load_state_dict(task.model.state_dict())
+            self.ema.module.load_state_dict(saved.model.state_dict())
         self.batches.load_state_dict(state["data"])
         if len(state["rng"]) == self.world:
             set_rng_state(state["rng"][self.rank])

@@ -82,7 +82,9 @@ class GPTTask:
                 raise UserError(f"resume={run.resume} was trained on the tokens of another tokenizer (weights "
                                 f"{trained_on}), not checkpoint_vae={vae_path} ({ours}); pass the "
                                 "tokenizer it was trained with, or drop resume= to start a fresh run")
-        with engine.main_first():  # rank 0 builds the token cache; the others then find it
+        # Rank 0 builds the token cache, then the others find it. Its data loaders draw from the global RNG: fork
+        # it, so the GPT's initial weights are the same whether the cache was built now or found.
+        with engine.main_first(), torch.random.fork_rng(devices=[]):
             cache, header = prepare_token_cache(vae_path, run.dataset, run.cache_dir, run.hflip_copies, device)
         self.tokenizer = load_checkpoint(vae_path, expected_stage="tokenizer", map_location=device).model
         self.train_set, self.test_set = TokenDataset(cache, "train"), TokenDataset(cache, "test")

@@ -18,6 +18,7 @@ A training iteration is two explicit optimizer steps:
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -76,10 +77,16 @@ def adaptive_weight(nll_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: to
                     max_weight: float = 1e4, eps: float = 1e-4) -> torch.Tensor:
     """||grad nll|| / (||grad g_loss|| + eps) at the decoder's last layer, clamped and detached (Eq. 7).
 
-    Balances the GAN term against reconstruction whatever their scales; eps and the clamp are taming's.
+    Balances the GAN term against reconstruction whatever their scales; eps and the clamp are taming's. Under
+    DDP both gradients are averaged over the ranks first, so every rank uses the weight of the global batch (what
+    one process would compute), not one of its own.
     """
     nll_grad = torch.autograd.grad(nll_loss, last_layer, retain_graph=True)[0]
     g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        both = torch.stack([nll_grad, g_grad])
+        dist.all_reduce(both)
+        nll_grad, g_grad = both / dist.get_world_size()
     return (nll_grad.norm() / (g_grad.norm() + eps)).clamp(0.0, max_weight).detach()
 
 
