@@ -37,6 +37,9 @@ def user_errors() -> Iterator[None]:
     except UserError as e:
         print(f"{e.label}: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop (which checkpoints first): one line, not a traceback
+        print("interrupted: Ctrl-C; what was already written stays, nothing more is", file=sys.stderr)
+        sys.exit(130)
 
 
 def main(config_name: str) -> Callable[[Callable[[Any], Any]], Callable[[], None]]:

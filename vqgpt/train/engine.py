@@ -363,23 +363,28 @@ class Engine:
                     self.logger.log({**logs, "train/lr": lr, "train/skipped_steps": skipped}, step=done)
                     if "train/loss" in logs:
                         bar.set_postfix(loss=f"{float(logs['train/loss']):.4f}")
-                if done % t.eval_every == 0 and done != t.max_steps and self.is_main:  # final eval follows
+                # Weights whose last step went non-finite are not evaluated, drawn or saved: the checkpoint on
+                # disk stays the last good one.
+                healthy = bad_in_a_row == 0
+                if not healthy and done == t.max_steps:
+                    self._stop_bad(done, bad_in_a_row, lr)
+                if healthy and done % t.eval_every == 0 and done != t.max_steps and self.is_main:  # final follows
                     val = task.evaluate(self.eval_model)
                     self.logger.log({f"val/{k}": v for k, v in val.items() if v is not None}, step=done)
                     bar.write(f"step {done}: {task.summary(val)}")
-                if (done % t.sample_and_save_freq == 0 or done == t.max_steps) and self.is_main:
+                if healthy and (done % t.sample_and_save_freq == 0 or done == t.max_steps) and self.is_main:
                     path = task.snapshot(self.eval_model, done)
                     if path is not None:
                         self.logger.log_image(f"val/{path.parent.name}", path, step=done)
-                saved = done % t.checkpoint_every == 0 or done == t.max_steps
+                saved = healthy and (done % t.checkpoint_every == 0 or done == t.max_steps)
                 if saved:
                     self.save(done, skipped)
                 if self._stop_requested():
-                    if not saved:
+                    if healthy and not saved:
                         self.save(done, skipped)
                     bar.close()
                     self.logger.finish()
-                    raise self._interrupted(done)
+                    raise self._interrupted(done, healthy)
         bar.close()
         if start >= t.max_steps:
             self.save(start, skipped)
@@ -521,16 +526,19 @@ class Engine:
             self._signal = flag
         return bool(flag)
 
-    def _interrupted(self, step: int) -> Interrupted:
+    def _interrupted(self, step: int, saved: bool) -> Interrupted:
         name = signal.Signals(self._signal).name
-        return Interrupted(f"{name} at step {step}: checkpoint saved in {self.ckpt_dir}; continue with: "
+        what = "checkpoint saved in" if saved else "its last step was not finite, so the last good checkpoint stays in"
+        return Interrupted(f"{name} at step {step}: {what} {self.ckpt_dir}; continue with: "
                            f"{resume_command(self.out_dir)}", self._signal)
 
     def _stop_bad(self, step: int, count: int, lr: float) -> None:
-        raise UserError(f"step {step}: the loss or gradients were not finite for {count} steps in a row "
-                        f"(trainer.max_bad_steps={self.t.max_bad_steps}); stopped, the last good checkpoint stays in "
-                        f"{self.ckpt_dir}; lower trainer.lr (it was {lr:.3g}) or set trainer.grad_clip, then resume "
-                        "or start again")
+        limit = f" (trainer.max_bad_steps={self.t.max_bad_steps})" if count >= self.t.max_bad_steps else ""
+        kept = (f"the last good checkpoint stays in {self.ckpt_dir}" if self.ckpt_dir.exists()
+                else "no checkpoint was written")
+        raise UserError(f"step {step}: the loss or gradients were not finite for {count} steps in a row{limit}; "
+                        f"stopped, {kept}; lower trainer.lr (it was {lr:.3g}) or set trainer.grad_clip, then "
+                        "resume or start again")
 
 
 def threading_main() -> bool:
