@@ -445,3 +445,19 @@ def test_sigterm_stops_a_training_script_whose_printed_command_resumes_it_exactl
     assert f"resume: continuing from step {stopped_at}" in resumed.stdout
     assert_identical(saved_state(run), saved_state(tmp_path / "straight"))
     assert sorted(train_rows(run)) == sorted(train_rows(tmp_path / "straight"))  # each step logged once
+
+
+def test_torchrun_runs_a_script_unchanged_into_one_run_dir(tmp_path, tiny_ckpts):
+    """`torchrun --nproc_per_node=2 scripts/train_gpt.py ...` with the default timestamped run dir: both processes
+    use rank 0's dir (one dir, Hydra's files written once), and the run says its global batch once."""
+    env = {**os.environ, "HOME": str(tmp_path), "VQGPT_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "disabled",
+           "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          str(ROOT / "scripts" / "train_gpt.py"), f"checkpoint_vae={tiny_ckpts / 'tok'}", "gpt=tiny",
+                          "trainer=debug", "trainer.batch_size=4"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-4000:]
+    runs = list((tmp_path / "outputs" / "train_gpt").iterdir())
+    assert len(runs) == 1 and (runs[0] / ".hydra" / "config.yaml").is_file()
+    assert load_checkpoint(runs[0] / CKPT).meta["step"] == 4
+    assert out.stdout.count("batch 8 = 4 per process x 1 accumulated x 2 processes") == 1

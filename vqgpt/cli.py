@@ -35,7 +35,8 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except UserError as e:
-        print(f"{e.label}: {e}", file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process has it: say it once
+            print(f"{e.label}: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:  # Ctrl-C outside a training loop (which checkpoints first): one line, not a traceback
         print("interrupted: Ctrl-C; what was already written stays, nothing more is", file=sys.stderr)
@@ -71,7 +72,7 @@ def main(config_name: str) -> Callable[[Callable[[Any], Any]], Callable[[], None
 def share_run_dir(run_dir: Path | None) -> None:
     """Under torchrun every process composes the config, and `${now:...}` differs by the second between them:
     all take rank 0's run dir, and only rank 0 writes Hydra's files there."""
-    from vqgpt.train.engine import broadcast_object, init_distributed, rank
+    from vqgpt.train.distributed import broadcast_object, init_distributed, rank
 
     init_distributed()
     shared = broadcast_object(str(run_dir) if run_dir is not None else None)

@@ -20,7 +20,6 @@ A task has: `stage`, `arch`, `meta` (its checkpoint's config.json facts), `model
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import math
 import os
@@ -35,7 +34,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
+from torch.utils.data import Dataset
 
 from vqgpt.checkpoint import (
     load_checkpoint,
@@ -46,6 +45,7 @@ from vqgpt.checkpoint import (
 )
 from vqgpt.config import LoggerConfig, TrainerConfig
 from vqgpt.errors import UserError
+from vqgpt.train.distributed import distributed, init_distributed, main_rank_first, rank, train_device, world_size
 from vqgpt.train.loggers import build_logger, progress
 from vqgpt.train.optim import adamw, lr_at, set_lr
 from vqgpt.train.runtime import (
@@ -53,11 +53,11 @@ from vqgpt.train.runtime import (
     check_batch_fits,
     check_checkpoint_target,
     check_trainer,
-    pick_device,
     resume_from,
     seed_everything,
     set_threads,
 )
+from vqgpt.train.state import EMA, BatchStream
 
 
 class Task(Protocol):
@@ -86,134 +86,6 @@ class Interrupted(UserError):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.exit_code = 128 + signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
-
-
-# ---------------------------------------------------------------------------------------------------------
-# distributed set-up (torchrun): a no-op for a plain `python scripts/...` run
-
-
-def distributed() -> bool:
-    """True under torchrun (or any launcher that sets WORLD_SIZE) with more than one process."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def init_distributed() -> None:
-    """Join the process group torchrun describes (env://): gloo for CPU tensors, NCCL for CUDA ones."""
-    if not distributed() or dist.is_initialized():
-        return
-    backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend=backend)
-
-
-def rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def world_size() -> int:
-    return dist.get_world_size() if dist.is_initialized() else 1
-
-
-def train_device(name: str) -> torch.device:
-    """`trainer.device`, except that under torchrun each process takes the GPU of its LOCAL_RANK."""
-    if not distributed():
-        return pick_device(name)
-    if name not in ("auto", "cpu", "cuda"):
-        raise UserError(f"trainer.device={name} under torchrun: use auto, cuda or cpu (each process takes the GPU "
-                        "of its LOCAL_RANK); pick GPUs with CUDA_VISIBLE_DEVICES")
-    device = pick_device(name)
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    return device
-
-
-def broadcast_object(obj: Any) -> Any:
-    """Rank 0's `obj` on every rank (plain Python objects)."""
-    if not dist.is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-@contextlib.contextmanager
-def main_rank_first() -> Iterator[None]:
-    """Rank 0 runs the block first (a download, a token cache), then the others, which find its result."""
-    if dist.is_initialized() and rank() != 0:
-        dist.barrier()
-    yield
-    if dist.is_initialized() and rank() == 0:
-        dist.barrier()
-
-
-# ---------------------------------------------------------------------------------------------------------
-# the data order: resumable to the batch, one permutation per epoch, sharded across ranks
-
-
-class BatchStream:
-    """Training batches forever: each epoch a fresh permutation (seed + epoch, as DistributedSampler draws it),
-    this rank's share of it, full batches only. Its state is (epoch, batches taken), so a resumed run continues
-    mid-epoch with the very batches an uninterrupted run would have seen."""
-
-    def __init__(self, dataset: Dataset, batch_size: int, seed: int, num_workers: int = 0):
-        self.dataset, self.batch_size, self.seed, self.num_workers = dataset, batch_size, seed, num_workers
-        self.epoch, self.position = 0, 0
-        self._batches: Iterator | None = None
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.position, self._batches = int(state["epoch"]), int(state["position"]), None
-
-    def _start_epoch(self) -> Iterator:
-        sampler = DistributedSampler(self.dataset, num_replicas=world_size(), rank=rank(), shuffle=True,
-                                     seed=self.seed, drop_last=True)
-        sampler.set_epoch(self.epoch)
-        batches = list(BatchSampler(sampler, self.batch_size, drop_last=True))[self.position:]
-        # Its own generator: the workers' seeds never draw from (and so never shift) the global RNG.
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
-                               generator=generator))
-
-    def __next__(self) -> Any:
-        if self._batches is None:
-            self._batches = self._start_epoch()
-        try:
-            batch = next(self._batches)
-        except StopIteration:
-            self.epoch, self.position = self.epoch + 1, 0
-            self._batches = self._start_epoch()
-            batch = next(self._batches)
-        self.position += 1
-        return batch
-
-    def __iter__(self) -> BatchStream:
-        return self
-
-
-# ---------------------------------------------------------------------------------------------------------
-# EMA of the weights
-
-
-class EMA:
-    """Exponential moving average of a model's weights, buffers copied (the quantizer's codebook state).
-
-    The decay ramps up as min(decay, (1 + n) / (10 + n)) over the first updates, as TensorFlow's
-    ExponentialMovingAverage(num_updates) does, so a short run's average is not dominated by its random init."""
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.module = copy.deepcopy(model).eval().requires_grad_(False)
-        self.decay = decay
-
-    @torch.no_grad()
-    def update(self, model: nn.Module, step: int) -> None:
-        decay = min(self.decay, (1 + step) / (10 + step))
-        ours = [p for p in self.module.parameters() if p.dtype.is_floating_point]
-        theirs = [p.detach() for p in model.parameters() if p.dtype.is_floating_point]
-        torch._foreach_lerp_(ours, theirs, 1.0 - decay)
-        for mine, other in zip(self.module.buffers(), model.buffers(), strict=True):
-            mine.copy_(other)
 
 
 # ---------------------------------------------------------------------------------------------------------
