@@ -461,3 +461,13 @@ def test_torchrun_runs_a_script_unchanged_into_one_run_dir(tmp_path, tiny_ckpts)
     assert len(runs) == 1 and (runs[0] / ".hydra" / "config.yaml").is_file()
     assert load_checkpoint(runs[0] / CKPT).meta["step"] == 4
     assert out.stdout.count("batch 8 = 4 per process x 1 accumulated x 2 processes") == 1
+
+
+@pytest.mark.slow
+def test_compiled_tokenizer_matches_the_plain_one(tmp_path):
+    fit(VQGANTask, tokenizer_run("trainer.max_steps=3", restart_after=None), tmp_path / "plain")
+    fit(VQGANTask, tokenizer_run("trainer.max_steps=3", "trainer.compile=true", restart_after=None),
+        tmp_path / "compiled")
+    plain, compiled = saved_state(tmp_path / "plain"), saved_state(tmp_path / "compiled")
+    for k in plain:
+        torch.testing.assert_close(compiled[k].float(), plain[k].float(), atol=1e-3, rtol=1e-3)

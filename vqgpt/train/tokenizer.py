@@ -104,6 +104,10 @@ class VQGANTask:
         self.modules = {"model": self.model, "discriminator": self.discriminator}
         self.optimizers = {"model": engine.adamw(self.model), "discriminator": engine.adamw(self.discriminator)}
         pretraining = getattr(run.tokenizer.quantizer, "pretrain_steps", 0) > 0  # the quantizer sits idle at first
+        if t.compile:  # the adaptive GAN weight backpropagates twice through the compiled graph (retain_graph)
+            from torch._functorch import config as functorch_config
+
+            functorch_config.donated_buffer = False
         self.net = engine.prepare(self.model, convnet=True, find_unused=pretraining)
         self.disc_net = engine.prepare(self.discriminator, convnet=True)
         self.fixed = torch.stack([self.test_set[i][0] for i in range(min(8, len(self.test_set)))]).to(device)
