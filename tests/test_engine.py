@@ -36,7 +36,7 @@ CKPT = Path("checkpoints") / "last"
 def fit(task_cls, run, out: Path, stop_after: int | None = None, patch=None):
     """Train `run` into `out` on the engine and return the task (`.results`: None when stopped); `stop_after`:
     act as if SIGTERM came during that step; `patch`: fn(task, step) run before each step (to inject faults)."""
-    engine = Engine(run.trainer, out, {}, run.logger, resume=run.resume, stage=task_cls.stage)
+    engine = Engine(run.trainer, out, {}, run.logger, resume=run.resume)
     task = task_cls(run, engine)
     step_fn = task.train_step
 
@@ -314,7 +314,7 @@ def test_fused_adamw_matches_the_foreach_one(vae):
 
 def test_fused_adamw_is_a_cuda_switch_in_the_engine(tmp_path, vae):
     run = switches_run(vae, fused_adamw=True)
-    engine = Engine(run.trainer, tmp_path, {}, run.logger, resume=None, stage="gpt")
+    engine = Engine(run.trainer, tmp_path, {}, run.logger, resume=None)
     assert not GPTTask(run, engine).optimizers["model"].defaults["fused"]  # on the CPU: foreach
 
 
@@ -392,7 +392,7 @@ def test_a_kill_during_a_save_leaves_the_last_checkpoint_loadable_and_resumable(
 
 def test_engine_signal_handler_finishes_the_step_then_a_second_signal_exits_at_once(tmp_path, vae, monkeypatch):
     run = gpt_run(vae)
-    engine = Engine(run.trainer, tmp_path, {}, run.logger, resume=None, stage="gpt")
+    engine = Engine(run.trainer, tmp_path, {}, run.logger, resume=None)
     exits = []
     monkeypatch.setattr(os, "_exit", exits.append)
     with engine._signals():

@@ -35,7 +35,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except UserError as e:
-        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process has it: say it once
+        if _launched_rank() == 0:  # under torchrun every process has it: say it once
             print(f"{e.label}: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:  # Ctrl-C outside a training loop (which checkpoints first): one line, not a traceback
@@ -69,6 +69,11 @@ def main(config_name: str) -> Callable[[Callable[[Any], Any]], Callable[[], None
     return decorate
 
 
+def _launched_rank() -> int:
+    """This process's rank as torchrun set it (0 when not launched by torchrun), read before torch is imported."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def share_run_dir(run_dir: Path | None) -> None:
     """Under torchrun every process composes the config, and `${now:...}` differs by the second between them:
     all take rank 0's run dir, and only rank 0 writes Hydra's files there."""
@@ -87,7 +92,7 @@ def make_run_dir(run: Any) -> tuple[Path, dict[str, Any]]:
     under torchrun); returns (out_dir, the config as a plain dict for the logger)."""
     out_dir = resolve_out_dir(run.out_dir)
     config = OmegaConf.to_container(OmegaConf.structured(run))
-    if int(os.environ.get("RANK", "0")) == 0:
+    if _launched_rank() == 0:
         (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(config))
     return out_dir, config  # type: ignore[return-value]
 

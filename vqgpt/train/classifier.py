@@ -81,5 +81,5 @@ class ClassifierTask:
 
 def train_classifier(run: TrainClassifierRun, out_dir: Path, config: dict) -> dict:
     """trainer.max_steps of cross-entropy on the train split on the engine, then test accuracy."""
-    engine = Engine(run.trainer, out_dir, config, run.logger, resume=run.resume, stage="classifier")
+    engine = Engine(run.trainer, out_dir, config, run.logger, resume=run.resume)
     return engine.fit(ClassifierTask(run, engine))

@@ -1,7 +1,7 @@
 """The one training engine: every stage (tokenizer, GPT, classifier, and those to come) is a small task that says
 what a step computes; the engine owns the rest, once.
 
-    engine = Engine(run.trainer, out_dir, config, run.logger, resume=run.resume, stage="gpt")
+    engine = Engine(run.trainer, out_dir, config, run.logger, resume=run.resume)
     task = GPTTask(run, engine)           # builds models and optimizers on engine.device
     results = engine.fit(task)
 
@@ -96,10 +96,10 @@ class Engine:
     """Owns device, process group, train state and loop for one training run (see the module docstring)."""
 
     def __init__(self, trainer: TrainerConfig, out_dir: Path, config: dict[str, Any], logger: LoggerConfig,
-                 resume: str | None, stage: str):
+                 resume: str | None):
         check_trainer(trainer)
         set_threads(trainer.num_threads)
-        self.t, self.out_dir, self.stage = trainer, out_dir, stage
+        self.t, self.out_dir = trainer, out_dir
         init_distributed()
         self.rank, self.world = rank(), world_size()
         self.is_main = self.rank == 0

@@ -136,5 +136,5 @@ class GPTTask:
 def train_gpt(run: TrainGPTRun, out_dir: Path, config: dict) -> dict:
     """The whole stage on the engine: token cache, then trainer.max_steps of next-token prediction, evaluated
     and saved."""
-    engine = Engine(run.trainer, out_dir, config, run.logger, resume=run.resume, stage="gpt")
+    engine = Engine(run.trainer, out_dir, config, run.logger, resume=run.resume)
     return engine.fit(GPTTask(run, engine))

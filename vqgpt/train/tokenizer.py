@@ -160,7 +160,7 @@ class VQGANTask:
 
 def train_vqgan(run: TrainTokenizerRun, out_dir: Path, config: dict) -> dict:
     """The VQ-GAN stage on the engine: trainer.max_steps of generator + discriminator steps, then the test split."""
-    engine = Engine(run.trainer, out_dir, config, run.logger, resume=run.resume, stage="tokenizer")
+    engine = Engine(run.trainer, out_dir, config, run.logger, resume=run.resume)
     return engine.fit(VQGANTask(run, engine))
 
 
