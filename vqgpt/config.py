@@ -218,6 +218,19 @@ class SamplingConfig:
 
 
 @dataclass
+class FIDConfig:
+    """FID's options (vqgpt/eval/fid.py); every FID saves the protocol they make with it."""
+
+    num_samples: int = 10000  # evaluate.py stage=gpt: images generated (class-balanced when conditional)
+    reference_split: str = "test"  # the real images' split
+    reference_size: int | None = None  # its first N images; None = all of it
+    batch_size: int = 100  # images per Inception pass
+    inception_score: bool | None = None  # None = on for RGB datasets (IS is an ImageNet-classifier score)
+    inception_weights: str | None = None  # your own InceptionV3 file; None = the weights helper finds it
+    inception_logits_weights: str | None = None  # IS's classifier head; None = found or downloaded
+
+
+@dataclass
 class TrainTokenizerRun:
     """`scripts/train_tokenizer.py`."""
 
@@ -241,6 +254,8 @@ class TrainGPTRun:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     cache_dir: str | None = None  # token cache; None = next to the tokenizer checkpoint
     hflip_copies: bool = False  # also cache horizontally flipped training images (doubles the train split)
+    fid_samples: int = 0  # log val/fid of this many samples every trainer.eval_every steps; 0 = off
+    fid: FIDConfig = field(default_factory=FIDConfig)  # its protocol options (num_samples is fid_samples)
     out_dir: str = "."
     resume: str | None = None
 
@@ -263,6 +278,23 @@ class SampleRun:
     completion: bool = False  # completion.png: the bottom half of real test images, sampled
     completion_images: int = 4  # test images (rows of the figure)
     completion_samples: int = 4  # completions per image (columns between input and original)
+
+
+@dataclass
+class EvaluateRun:
+    """`scripts/evaluate.py`: a tokenizer's reconstructions or a GPT's samples, measured on the test split."""
+
+    stage: str = "gpt"  # tokenizer | gpt
+    checkpoint_vae: str | None = None
+    checkpoint_gpt: str | None = None  # stage=gpt
+    checkpoint_classifier: str | None = None  # stage=gpt: per-class accuracy of class-conditional samples
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)  # num_samples: see fid.num_samples
+    cfg_scales: list[float] | None = None  # stage=gpt: one FID per scale (a sweep); None = sampling.cfg_scale
+    fid: FIDConfig = field(default_factory=FIDConfig)
+    ema: bool = True  # the GPT's EMA weights when it has them
+    device: str = "auto"
+    batch_size: int = 256  # images reconstructed / sequences sampled at once
+    out_dir: str = "."
 
 
 @dataclass
@@ -294,6 +326,7 @@ SCHEMAS = {
     "train_tokenizer_schema": TrainTokenizerRun,
     "train_gpt_schema": TrainGPTRun,
     "sample_schema": SampleRun,
+    "evaluate_schema": EvaluateRun,
     "train_classifier_schema": TrainClassifierRun,
     "inspect_data_schema": InspectDataRun,
 }

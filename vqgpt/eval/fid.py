@@ -301,7 +301,7 @@ class FID:
     def protocol(self, class_balance: str) -> FIDProtocol:
         """The record of the FID `compute` returns."""
         return FIDProtocol(
-            implementation=implementation(), weights=f"inception-2015-12-05 (from {self.inception.source})",
+            implementation=implementation(), weights="InceptionV3 2015-12-05 (TensorFlow's, as ported by pytorch-fid)",
             weights_sha256=self.inception.weights_sha256, resize=RESIZE, input=INPUT,
             reference=describe_reference(self.data_cfg, self.split), reference_size=self.reference_size,
             num_samples=self.num_samples, class_balance=class_balance)
@@ -316,6 +316,7 @@ class FID:
             mean, std = self.inception_score.compute()
             out.update(inception_score=float(mean), inception_score_std=float(std))
         out["protocol"] = dataclasses.asdict(self.protocol(class_balance))
+        out["inception_source"] = self.inception.source  # not part of the protocol: the tensors' hash is
         return out
 
     def reset(self) -> None:

@@ -242,7 +242,7 @@ class Engine:
                     self._stop_bad(done, bad_in_a_row, lr)
                 if healthy and done % t.eval_every == 0 and done != t.max_steps and self.is_main:  # final follows
                     val = task.evaluate(self.eval_model)
-                    self.logger.log({f"val/{k}": v for k, v in val.items() if v is not None}, step=done)
+                    self.logger.log(_scalars("val", val), step=done)
                     bar.write(f"step {done}: {task.summary(val)}")
                 if healthy and (done % t.sample_and_save_freq == 0 or done == t.max_steps) and self.is_main:
                     path = task.snapshot(self.eval_model, done)
@@ -264,7 +264,7 @@ class Engine:
         results: dict[str, Any] = {}
         if self.is_main:
             results = task.evaluate(self.eval_model)
-            self.logger.log({f"val/{k}": v for k, v in results.items() if v is not None}, step=done)
+            self.logger.log(_scalars("val", results), step=done)
             (self.out_dir / "eval.json").write_text(json.dumps(results, indent=2))
             self.say(f"test split: {task.summary(results)}")
             self.say(f"checkpoint: {self.ckpt_dir}")
@@ -443,3 +443,8 @@ def _drop_rows_after(path: Path, step: int) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(f"{line}\n" for line in kept))
     os.replace(tmp, path)
+
+
+def _scalars(prefix: str, results: dict[str, Any]) -> dict[str, Any]:
+    """The numbers of `results` as `prefix/key` (records such as an FID's protocol go to eval.json only)."""
+    return {f"{prefix}/{k}": v for k, v in results.items() if v is not None and not isinstance(v, (dict, list))}

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from vqgpt.checkpoint import checkpoint_hash, load_checkpoint, read_meta
-from vqgpt.config import GPTConfig, SamplingConfig, TrainGPTRun
+from vqgpt.checkpoint import checkpoint_hash, dataclass_from_dict, load_checkpoint, read_meta
+from vqgpt.config import DatasetConfig, GPTConfig, SamplingConfig, TrainGPTRun
 from vqgpt.data.token_cache import TokenDataset, prepare_token_cache
 from vqgpt.errors import UserError
 from vqgpt.generate.pipeline import sample_class_grid
@@ -101,6 +101,10 @@ class GPTTask:
                          latent_grid=header["grid"], tokenizer_hash=header["tokenizer_hash"],
                          tokenizer_path=str(Path(vae_path).resolve()))
         self.out_dir, self.device, self.seed, self.batch_size = engine.out_dir, device, t.seed, t.batch_size
+        if run.fid_samples < 0 or run.fid_samples == 1:
+            raise UserError(f"fid_samples={run.fid_samples}: FID needs at least 2 samples (or 0 for off)")
+        self.fid_samples, self.fid_config, self.fid = run.fid_samples, run.fid, None
+        self.data_config = header.get("data_config")
 
     def describe(self) -> str:
         h, w = self.meta["latent_grid"]
@@ -119,18 +123,36 @@ class GPTTask:
         e.optimizer_step("model")
         return {"train/loss": total}
 
-    def evaluate(self, model: GPT) -> dict[str, float]:
+    def evaluate(self, model: GPT) -> dict[str, Any]:
         loss = evaluate(model, self.test_loader, self.device, self.conditional)
-        return {"loss": loss, "bits_per_token": loss / math.log(2)}
+        results: dict[str, Any] = {"loss": loss, "bits_per_token": loss / math.log(2)}
+        if self.fid_samples:
+            results.update(self.sample_fid(model))
+        return results
+
+    def sample_fid(self, model: GPT) -> dict[str, Any]:
+        """FID-N of `fid_samples` class-balanced samples against the test split (what evaluate.py measures)."""
+        from vqgpt.eval.evaluate import balanced_labels, build_fid, sample_fid
+        from vqgpt.generate.pipeline import Models
+
+        if self.fid is None:  # the Inception network and the reference statistics, once per run
+            data_cfg = dataclass_from_dict(DatasetConfig, self.data_config)
+            self.fid = build_fid(self.fid_config, data_cfg, self.device)
+        models = Models(self.tokenizer, model, self.meta["class_names"], self.data_config)
+        labels = balanced_labels(self.fid_samples, self.config.num_classes)
+        out = sample_fid(models, self.fid, labels, self.fid_samples, SamplingConfig(seed=self.seed),
+                         self.batch_size, desc=f"FID-{self.fid_samples} samples")
+        return {"fid": out["fid"], "fid_protocol": out["protocol"]}
 
     def snapshot(self, model: GPT, step: int) -> Path:
         """A grid of samples, one row per class."""
         return sample_class_grid(self.tokenizer, model, self.out_dir / "samples" / f"step_{step:07d}.png", 8,
                                  SamplingConfig(seed=self.seed), batch_size=self.batch_size)
 
-    def summary(self, results: dict[str, float]) -> str:
+    def summary(self, results: dict[str, Any]) -> str:
+        fid = f", FID-{self.fid_samples} {results['fid']:.2f}" if "fid" in results else ""
         return (f"{results['loss']:.4f} nats/token, {results['bits_per_token']:.4f} bits/token (uniform: "
-                f"{math.log(self.config.vocab_size):.4f} nats)")
+                f"{math.log(self.config.vocab_size):.4f} nats){fid}")
 
 
 def train_gpt(run: TrainGPTRun, out_dir: Path, config: dict) -> dict:

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from vqgpt.config import TrainTokenizerRun, VQGANConfig
 from vqgpt.data import build_dataset, dataset_info
 from vqgpt.errors import UserError
+from vqgpt.eval.fid import FID
 from vqgpt.eval.lpips import build_lpips
 from vqgpt.eval.metrics import CodebookStats, lpips_distance, psnr, ssim
 from vqgpt.images import save_grid
@@ -32,8 +33,9 @@ from vqgpt.train.loggers import progress
 
 @torch.no_grad()
 def evaluate(model: VQGAN, dataset: Dataset, lpips_net: torch.nn.Module | None, device: torch.device,
-             batch_size: int, num_workers: int = 0) -> dict[str, float | None]:
-    """Reconstruct the whole split through the codes: PSNR, SSIM, LPIPS, codebook usage and perplexity."""
+             batch_size: int, num_workers: int = 0, fid: FID | None = None) -> dict[str, float | None]:
+    """Reconstruct the whole split through the codes: PSNR, SSIM, LPIPS, codebook usage and perplexity
+    (and rFID when `fid` holds the split's reference statistics)."""
     was_training = model.training
     model.eval()
     stats = CodebookStats(model.codebook_size)
@@ -49,6 +51,8 @@ def evaluate(model: VQGAN, dataset: Dataset, lpips_net: torch.nn.Module | None, 
         totals["ssim"] += ssim(x, x_rec).sum().item()
         if lpips_net is not None:
             totals["lpips"] += lpips_distance(lpips_net, x, x_rec).sum().item()
+        if fid is not None:
+            fid.update(x_rec)
         count += x.shape[0]
     model.train(was_training)
     results: dict[str, float | None] = {k: v / count for k, v in totals.items()}

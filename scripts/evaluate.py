@@ -1,0 +1,36 @@
+"""Measure a tokenizer or a GPT on the test split; every FID is saved with its protocol.
+
+    python scripts/evaluate.py stage=tokenizer checkpoint_vae=.../tokenizer/checkpoints/last
+    python scripts/evaluate.py stage=gpt checkpoint_vae=... checkpoint_gpt=... fid.num_samples=10000
+    python scripts/evaluate.py stage=gpt ... cfg_scales=[1,1.5,2,3]        # one FID per scale
+    python scripts/evaluate.py stage=gpt ... checkpoint_classifier=...       # + per-class accuracy of samples
+
+Writes eval.json (every number, each FID with its protocol record) to the run dir and prints a table. The real
+images' Inception statistics are computed once per data config and cached. See docs/evaluation.md.
+"""
+
+import json
+
+import torch
+
+from vqgpt import cli
+from vqgpt.config import EvaluateRun
+
+
+@cli.main("evaluate")
+def main(run: EvaluateRun) -> None:
+    from vqgpt.eval.evaluate import check_run, evaluate_gpt, evaluate_tokenizer, table
+    from vqgpt.train.runtime import pick_device
+
+    check_run(run)
+    torch.set_grad_enabled(False)
+    device = pick_device(run.device)
+    out_dir, _ = cli.make_run_dir(run)
+    results = (evaluate_tokenizer if run.stage == "tokenizer" else evaluate_gpt)(run, device)
+    (out_dir / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+    print(f"wrote {out_dir / 'eval.json'}")
+
+
+if __name__ == "__main__":
+    main()

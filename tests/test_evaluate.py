@@ -1,0 +1,86 @@
+"""scripts/evaluate.py on tiny checkpoints (both stages, a cfg sweep, errors) and FID-N during GPT training."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from conftest import make_tokenizer, one_error_line
+
+from vqgpt.config import EvaluateRun, FIDConfig, GPTConfig, TrainerConfig, TrainGPTRun
+from vqgpt.errors import UserError
+from vqgpt.eval.evaluate import balanced_labels, check_run, describe_balance
+from vqgpt.train.engine import Engine
+from vqgpt.train.gpt import GPTTask
+
+SMALL_FID = ("fid.reference_size=4", "fid.batch_size=4")
+
+
+def test_gpt_stage_sweeps_cfg_scales_into_one_json_with_the_protocol(tiny_ckpts, run_script, tmp_path):
+    out = run_script("evaluate.py", "stage=gpt", f"checkpoint_vae={tiny_ckpts / 'tok'}",
+                     f"checkpoint_gpt={tiny_ckpts / 'gpt'}", "fid.num_samples=6", "cfg_scales=[1,2]",
+                     "fid.inception_score=false", *SMALL_FID, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    results = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert results["stage"] == "gpt" and results["bits_per_dim"] > 0
+    # bits/dim: the token stream's bits per sub-pixel: 16 tokens for 3x8x8 values
+    assert abs(results["bits_per_dim"] - results["bits_per_token"] * 16 / (3 * 8 * 8)) < 1e-9
+    assert [row["cfg_scale"] for row in results["samples"]] == [1.0, 2.0]
+    for row in results["samples"]:
+        assert row["protocol"]["num_samples"] == 6 and row["protocol"]["reference_size"] == 4
+        assert row["protocol"]["class_balance"] == "balanced: 1 per class (6 classes)"
+        assert row["fid"] > 0 and row["fid_noise_floor_size"] == 2
+    assert "FID protocol: implementation: torchmetrics" in out.stdout and "cfg_scale" in out.stdout
+
+
+def test_tokenizer_stage_reports_rfid_with_the_reconstruction_metrics(tiny_ckpts, run_script, tmp_path):
+    out = run_script("evaluate.py", "stage=tokenizer", f"checkpoint_vae={tiny_ckpts / 'tok'}", *SMALL_FID,
+                     f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    results = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert results["num_images"] == 4 == results["protocol"]["num_samples"]  # the reference's own images
+    assert {"rfid", "psnr", "ssim", "usage", "perplexity"} <= set(results) and results["lpips"] is None  # 8 px
+    assert "reconstructions" in results["protocol"]["class_balance"]
+
+
+def test_bad_evaluate_options_are_one_line_and_write_no_results(tiny_ckpts, run_script, tmp_path):
+    out = run_script("evaluate.py", "stage=gpt", f"checkpoint_vae={tiny_ckpts / 'tok'}",
+                     f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert out.returncode != 0 and "stage=gpt needs checkpoint_gpt=" in one_error_line(out)
+    assert not (tmp_path / "run" / "eval.json").exists()
+    vae = str(tiny_ckpts / "tok")
+    for run, message in ((EvaluateRun(stage="decoder", checkpoint_vae=vae), "stage=decoder is not one of"),
+                         (EvaluateRun(stage="tokenizer"), "checkpoint_vae is not set"),
+                         (EvaluateRun(checkpoint_vae=vae, checkpoint_gpt=vae, fid=FIDConfig(num_samples=1)),
+                          "at least 2 images"),
+                         (EvaluateRun(stage="tokenizer", checkpoint_vae=vae, fid=FIDConfig(reference_split="val")),
+                          "must be train or test")):
+        with pytest.raises(UserError, match=message):
+            check_run(run)
+
+
+def test_labels_are_balanced_and_the_balance_is_described():
+    labels = balanced_labels(7, 3)
+    assert labels.tolist() == [0, 1, 2, 0, 1, 2, 0]
+    assert describe_balance(labels, None) == "balanced: 2-3 per class (3 classes)"
+    assert describe_balance(balanced_labels(4, 3, label=1), ["a", "b", "c"]) == "one class: b"
+    assert balanced_labels(4, 0) is None and describe_balance(None, None) == "unconditional"
+
+
+def test_gpt_training_logs_fid_n_through_the_same_code(tmp_path):
+    vae = tmp_path / "tok"
+    make_tokenizer(vae)
+    trainer = TrainerConfig(max_steps=2, batch_size=4, warmup_steps=1, device="cpu", num_workers=0, log_every=1,
+                            eval_every=100, sample_and_save_freq=100, checkpoint_every=100, progress_bar=False)
+    run = TrainGPTRun(checkpoint_vae=str(vae), trainer=trainer, gpt=GPTConfig(n_layer=1, n_head=2, n_embd=16),
+                      fid_samples=6, fid=dataclasses.replace(FIDConfig(), reference_size=4, batch_size=4,
+                                                              inception_score=False))
+    engine = Engine(run.trainer, tmp_path / "run", {}, run.logger, resume=None)
+    with torch.random.fork_rng(devices=[]):
+        results = engine.fit(GPTTask(run, engine))
+    assert results["fid"] > 0 and results["fid_protocol"]["num_samples"] == 6
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any("val/fid" in row for row in rows) and not any("val/fid_protocol" in row for row in rows)
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["fid_protocol"]["reference_size"] == 4
