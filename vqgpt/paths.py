@@ -4,6 +4,7 @@
       data/<dataset>/     downloaded datasets
       weights/            pretrained weights (LPIPS's VGG16, FID's Inception), converted or downloaded
       tokens/<key>/       token caches, one per (tokenizer weights, data config)
+      fid_stats/          FID reference statistics, one file per (data config, split, protocol)
 """
 
 from __future__ import annotations
