@@ -47,8 +47,18 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from vqgpt.cli import make_run_dir
-from vqgpt.config import CONFIG_DIR, QUANTIZER_CONFIGS, QuantizerConfig, TrainTokenizerRun, register_configs, to_object
+from vqgpt.config import (
+    CONFIG_DIR,
+    QUANTIZER_CONFIGS,
+    EvaluateRun,
+    FIDConfig,
+    QuantizerConfig,
+    TrainTokenizerRun,
+    register_configs,
+    to_object,
+)
 from vqgpt.errors import UserError
+from vqgpt.eval.evaluate import evaluate_tokenizer
 from vqgpt.tokenizers.quantizers import QUANTIZERS, Quantizer, QuantizerOutput
 from vqgpt.train.tokenizer import train_tokenizer
 
@@ -188,7 +198,7 @@ def last_train_metrics(out_dir: Path) -> dict:
     return rows[-1] if rows else {}
 
 
-def run_variant(key: str, quick: bool, steps: int, runs_dir: Path) -> dict:
+def run_variant(key: str, quick: bool, steps: int, runs_dir: Path, rfid_images: int) -> dict:
     """Train and evaluate one variant; its results, settings and timings."""
     name, variant_overrides = VARIANTS[key]
     out_dir = runs_dir / name
@@ -218,6 +228,13 @@ def run_variant(key: str, quick: bool, steps: int, runs_dir: Path) -> dict:
     }
     quantizer = record["quantizer_config"]
     record["num_codewords"] = quantizer.get("num_codewords") or math.prod(quantizer["levels"])  # FSQ: implicit
+    if rfid_images:  # the first rfid_images test images and their reconstructions (statistics cached after (a))
+        evaluation = EvaluateRun(stage="tokenizer", checkpoint_vae=str(out_dir / "checkpoints" / "last"),
+                                 device="cpu", fid=FIDConfig(reference_size=rfid_images))
+        with torch.no_grad():
+            rfid = evaluate_tokenizer(evaluation, torch.device("cpu"))
+        record["test"].update(rfid=rfid["rfid"], rfid_noise_floor=rfid["fid_noise_floor"])
+        record["rfid_protocol"] = rfid["protocol"]
     if key == "c":  # read back from a fresh module: what "the package's defaults" were in this version
         record["peer_settings"] = PeerVectorQuantize(run.tokenizer.quantizer).settings()
     print(f"({key}) {name}: {record['sec_per_step_median']:.3f} s/step (median), {wall:.0f} s in all", flush=True)
@@ -231,14 +248,16 @@ def run_variant(key: str, quick: bool, steps: int, runs_dir: Path) -> dict:
 def table(records: list[dict]) -> str:
     """The markdown results table."""
     base = next((r["sec_per_step_median"] for r in records if r["variant"] == "a"), None)
-    lines = ["| variant | K | usage % | perplexity | PSNR dB | SSIM | LPIPS | s/step | vs (a) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| variant | K | usage % | perplexity | PSNR dB | SSIM | LPIPS | rFID | s/step | vs (a) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in records:
         t = r["test"]
         lpips = f"{t['lpips']:.4f}" if t.get("lpips") is not None else "n/a"
+        rfid = f"{t['rfid']:.2f}" if t.get("rfid") is not None else "n/a"
         ratio = f"{r['sec_per_step_median'] / base:.2f}x" if base else "-"
         lines.append(f"| ({r['variant']}) {r['name']} | {r['num_codewords']} | {100 * t['usage']:.1f} | "
                      f"{t['perplexity']:.1f} | {t['psnr']:.2f} | {t['ssim']:.4f} | {lpips} | "
+                     f"{rfid} | "
                      f"{r['sec_per_step_median']:.3f} | {ratio} |")
     return "\n".join(lines)
 
@@ -287,6 +306,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help=f"training steps per variant "
                         f"(default {FULL_STEPS}, --quick {QUICK_STEPS})")
     parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=sorted(VARIANTS))
+    parser.add_argument("--rfid-images", type=int, default=2000, help="rFID on this many test images and their "
+                        "reconstructions (Inception is ~6 images/s on 2 CPU cores); 0 = off")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/"
                         "tokenizer_quality[_quick].json)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1: on a small "
@@ -304,7 +325,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     register_peer()
     started = datetime.datetime.now(datetime.timezone.utc)
-    records = [run_variant(key, args.quick, steps, runs_dir) for key in args.variants]
+    records = [run_variant(key, args.quick, steps, runs_dir, args.rfid_images) for key in args.variants]
     check = target_check(records)
 
     report = table(records)

@@ -84,3 +84,33 @@ def test_gpt_training_logs_fid_n_through_the_same_code(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any("val/fid" in row for row in rows) and not any("val/fid_protocol" in row for row in rows)
     assert json.loads((tmp_path / "run" / "eval.json").read_text())["fid_protocol"]["reference_size"] == 4
+
+
+def test_the_quality_table_letters_fids_by_protocol(tmp_path):
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("quality_table", ROOT / "benchmarks" / "quality_table.py")
+    quality_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality_table)
+    record = {"implementation": "torchmetrics 1", "weights": "w", "weights_sha256": "a" * 64, "resize": "r",
+              "input": "i", "reference": "fashionmnist test split", "reference_size": 10000, "num_samples": 10000,
+              "class_balance": "the test split's own", "stats_dtype": "float64"}
+    (tmp_path / "eval_tokenizer").mkdir()
+    (tmp_path / "eval_gpt").mkdir()
+    (tmp_path / "eval_tokenizer" / "eval.json").write_text(json.dumps(
+        {"rfid": 3.0, "psnr": 24.0, "ssim": 0.9, "lpips": 0.1, "usage": 1.0, "perplexity": 200.0,
+         "num_images": 10000, "protocol": record}))
+    gpt_record = {**record, "class_balance": "balanced: 1000 per class (10 classes)"}
+    rows = [{"cfg_scale": scale, "fid": fid, "fid_noise_floor": 1.0, "fid_noise_floor_size": 5000,
+             "protocol": gpt_record} for scale, fid in ((None, 8.0), (2.0, 6.0))]
+    (tmp_path / "eval_gpt" / "eval.json").write_text(json.dumps(
+        {"loss": 1.8, "bits_per_token": 2.6, "bits_per_dim": 0.16, "samples": rows}))
+    (tmp_path / "times.jsonl").write_text("\n".join(json.dumps({"stage": s, "seconds": 60})
+                                                    for s in ("tokenizer", "gpt", "eval_gpt", "eval_tokenizer")))
+    result = quality_table.build(tmp_path)
+    assert [row["protocol_id"] for row in result["fids"]] == ["A", "B", "B"]
+    table = quality_table.markdown(result)
+    assert "rFID 3.00 [A]" in table and "cfg_scale=2.0: FID-10000 6.00 [B]" in table
+    assert table.count("[A] ") == 1 and "balanced: 1000 per class" in table
