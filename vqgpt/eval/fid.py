@@ -18,6 +18,7 @@ grayscale images go in as 3 identical channels. Statistics are float64 sums (tor
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -25,7 +26,7 @@ import json
 import os
 import secrets
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,18 @@ def to_uint8_rgb(images: torch.Tensor) -> torch.Tensor:
     if pixels.shape[1] != 3:
         raise ValueError(f"FID takes 1- or 3-channel images, got {pixels.shape[1]} channels")
     return pixels.contiguous()
+
+
+@contextlib.contextmanager
+def full_fp32() -> Iterator[None]:
+    """No TF32 inside: PyTorch lets cuDNN convolutions use it by default on Ampere and newer GPUs, which moves
+    Inception's features by ~1e-3 and FIDs with them."""
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
 
 
 def tensors_sha256(state: dict[str, torch.Tensor]) -> str:
@@ -99,11 +112,14 @@ class InceptionV3(nn.Module):
         buffer.seek(0)
         features = ["2048", "logits_unbiased"] if self.has_logits else ["2048"]
         self.net = NoTrainInceptionV3("inception-v3-compat", features, buffer, antialias=False)
+        # channels_last: 1.7x faster on the CPU here (mkldnn convolutions), features within 1e-5
+        self.net.to(memory_format=torch.channels_last)
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) in [-1, 1] (or uint8) -> (B, 2048) pool features."""
-        out = self.net._torch_fidelity_forward(to_uint8_rgb(images))
+        """(B, C, H, W) in [-1, 1] (or uint8) -> (B, 2048) pool features, in full float32."""
+        with full_fp32():
+            out = self.net._torch_fidelity_forward(to_uint8_rgb(images))
         if self.has_logits:
             self._last = (images, out[1])
         return out[0]

@@ -75,6 +75,8 @@ class GPTTask:
 
     def __init__(self, run: TrainGPTRun, engine: Engine):
         t, device = run.trainer, engine.device
+        if run.fid_samples < 0 or run.fid_samples == 1:
+            raise UserError(f"fid_samples={run.fid_samples}: FID needs at least 2 samples (or 0 for off)")
         vae_path = run.checkpoint_vae or newest_tokenizer()
         if engine.resume is not None:  # refuse a resume onto another tokenizer's tokens before tokenizing anything
             trained_on = read_meta(engine.resume, expected_stage="gpt").get("tokenizer_hash")
@@ -101,8 +103,6 @@ class GPTTask:
                          latent_grid=header["grid"], tokenizer_hash=header["tokenizer_hash"],
                          tokenizer_path=str(Path(vae_path).resolve()))
         self.out_dir, self.device, self.seed, self.batch_size = engine.out_dir, device, t.seed, t.batch_size
-        if run.fid_samples < 0 or run.fid_samples == 1:
-            raise UserError(f"fid_samples={run.fid_samples}: FID needs at least 2 samples (or 0 for off)")
         self.fid_samples, self.fid_config, self.fid = run.fid_samples, run.fid, None
         self.data_config = header.get("data_config")
 
