@@ -58,6 +58,9 @@ VQ_CASES = {
     "pretrain": dict(pretrain_steps=2, init_method="latent_random"),
     "penalty": dict(penalty_weight=0.1, penalty_sample_weight=0.1),
     "restart": dict(restart_after=1),
+    "simvq": dict(reparam=True),
+    "simvq_cosine_factorised_restart": dict(reparam=True, cos_dist=True, proj_dim=4, restart_after=1,
+                                            init_method="latent_random"),
     "everything": dict(cos_dist=True, proj_dim=4, random_proj=3, init_method="kmeans", pretrain_steps=1,
                        penalty_weight=0.1, penalty_sample_weight=0.1, decay=0.9, restart_after=1,
                        gradient="rotation"),
@@ -129,14 +132,17 @@ def test_rotation_trick_keeps_the_value_and_changes_the_gradient():
     torch.testing.assert_close(src.grad.norm(dim=-1), grad.norm(dim=-1) * scale.detach())
 
 
-@pytest.mark.parametrize("kw", [{}, dict(proj_dim=4), dict(decay=0.9), dict(decay=0.9, proj_dim=4)],
-                         ids=["loss", "loss_factorised", "ema", "ema_factorised"])
+@pytest.mark.parametrize("kw", [{}, dict(proj_dim=4), dict(decay=0.9), dict(decay=0.9, proj_dim=4),
+                                dict(reparam=True)],
+                         ids=["loss", "loss_factorised", "ema", "ema_factorised", "simvq"])
 def test_codebook_learns_by_gradient_only_without_ema(kw):
     q = make(**kw)
     out = q(latents(q).requires_grad_())
     (out.z_q.square().mean() + out.loss).backward()
     params = dict(q.named_parameters())
-    if kw.get("decay") is None:
+    if kw.get("reparam"):  # the basis is frozen; the one linear map learns, and it moves every code
+        assert "codebook" not in params and params["reparam.weight"].grad.abs().sum() > 0
+    elif kw.get("decay") is None:
         assert params["codebook"].grad is not None and params["codebook"].grad.abs().sum() > 0
     else:
         assert "codebook" not in params and "codebook" in dict(q.named_buffers())
@@ -258,6 +264,17 @@ def test_dead_codes_are_reseeded_from_batch_latents(decay):
     assert len(out.indices.unique()) > 1 and int(q.born_at[1:].min()) == 2
 
 
+def test_simvq_codes_set_from_latents_come_out_of_the_map_exactly():
+    q = make(reparam=True, cos_dist=True).train()
+    with torch.no_grad():
+        q.reparam.weight.copy_(torch.eye(D) + 0.3 * torch.randn(D, D, generator=torch.Generator().manual_seed(0)))
+        targets = torch.nn.functional.normalize(torch.randn(3, D), dim=-1)
+        mask = torch.zeros(K, dtype=torch.bool)
+        mask[[1, 4, 7]] = True
+        q._set_codes(mask, targets)
+    torch.testing.assert_close(q._codes()[mask], targets, atol=1e-4, rtol=0)
+
+
 def test_usage_counts_a_rolling_window():
     q = make(usage_window=2).train()
     code_z = lambda ks: q.codebook.detach()[ks].view(1, 1, len(ks), D).permute(0, 3, 1, 2)  # noqa: E731
@@ -317,6 +334,7 @@ def test_fsq_indices_are_a_bijection_onto_the_grid():
     (dict(proj_dim=0), r"proj_dim=0 is invalid"),
     (dict(decay=1.0), r"decay=1.0 is invalid: EMA decay must be in \(0, 1\)"),
     (dict(decay=0.0), r"decay=0.0 is invalid"),
+    (dict(reparam=True, decay=0.9), r"reparam=True is invalid: SimVQ learns its map .* set decay=null"),
     (dict(random_proj=0), r"random_proj=0 is invalid"),
     (dict(restart_after=0), r"restart_after=0 is invalid"),
     (dict(kmeans_iters=0), r"kmeans_iters=0 is invalid"),

@@ -70,6 +70,7 @@ class VQConfig(QuantizerConfig):
     decay: float | None = None  # None = codebook learned by the loss; else EMA decay in (0, 1)
     restart_after: int | None = None  # reseed codes unused for this many steps; None = off
     gradient: str = "ste"  # ste (straight-through) | rotation (rotation trick)
+    reparam: bool = False  # SimVQ: codes = a frozen random basis through one learned linear map (decay=null)
 
 
 @dataclass

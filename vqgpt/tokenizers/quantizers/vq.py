@@ -72,7 +72,14 @@ class VectorQuantize(Quantizer):
             codebook = torch.empty(K, C).uniform_(-1 / K, 1 / K)
         else:  # random; latent_random and kmeans overwrite it from latents when quantization starts
             codebook = torch.randn(K, C)
-        if cfg.decay is None:
+        if cfg.reparam:
+            # SimVQ (Zhu et al. 2024, "Addressing Representation Collapse in Vector Quantized Models with One
+            # Linear Layer"): the codes are a frozen basis through one learned linear map, so every update moves
+            # every code and none is left behind. The map starts as the identity, so latent inits still apply.
+            self.register_buffer("codebook", codebook)
+            self.reparam = nn.Linear(C, C, bias=False)
+            nn.init.eye_(self.reparam.weight)
+        elif cfg.decay is None:
             self.codebook = nn.Parameter(codebook)
         else:
             # EMA codebook (van den Oord et al. 2017, App. A.1): moving averages of assignment counts and
@@ -96,7 +103,8 @@ class VectorQuantize(Quantizer):
 
     def _codes(self) -> Tensor:
         """The codebook in the lookup space, (K, C)."""
-        return F.normalize(self.codebook, dim=-1) if self.cfg.cos_dist else self.codebook
+        codes = self.reparam(self.codebook) if self.cfg.reparam else self.codebook
+        return F.normalize(codes, dim=-1) if self.cfg.cos_dist else codes
 
     def _search(self, x: Tensor) -> Tensor:
         """Lookup-space vectors (..., C) -> the space the nearest neighbour is searched in."""
@@ -190,6 +198,9 @@ class VectorQuantize(Quantizer):
 
     @torch.no_grad()
     def _set_codes(self, mask: Tensor | slice, codes: Tensor) -> None:
+        if self.cfg.reparam:  # the basis rows whose image under the map is `codes`: W b = c, per row
+            weight = self.reparam.weight.float()
+            codes = torch.linalg.lstsq(weight, codes.float().T).solution.T.to(self.codebook.dtype)
         self.codebook[mask] = codes
         if self.cfg.decay is not None:  # the EMA restarts from these codes, each as one latent's worth
             self.ema_sum[mask] = codes
@@ -266,6 +277,8 @@ def check_vq_config(cfg: VQConfig) -> None:
     need(cfg.random_proj is None or cfg.random_proj >= 1, "random_proj", "must be >= 1, or null for off")
     need(cfg.decay is None or 0 < cfg.decay < 1, "decay", "EMA decay must be in (0, 1), e.g. 0.99, or null")
     need(cfg.restart_after is None or cfg.restart_after >= 1, "restart_after", "must be >= 1 step, or null")
+    need(not (cfg.reparam and cfg.decay is not None), "reparam", "SimVQ learns its map from the codebook loss; "
+         "set decay=null (no EMA) or reparam=false")
     need(cfg.kmeans_iters >= 1, "kmeans_iters", "must be >= 1")
     need(cfg.pretrain_steps >= 0, "pretrain_steps", "must be >= 0")
     need(cfg.beta >= 0, "beta", "the commitment weight must be >= 0")
