@@ -3,7 +3,7 @@
 # train the tokenizer and the GPT, then FID-10k of class-balanced samples against the 10,000 test images and
 # the tokenizer's rFID/PSNR/SSIM/LPIPS on them. Each stage's wall time goes to $OUT/times.jsonl, and
 # benchmarks/quality_table.py turns the eval.json files into benchmarks/results/quality_fashionmnist.json.
-#   bash benchmarks/quality_fashionmnist.sh            # about 2.5 hours on an idle 2-core CPU
+#   bash benchmarks/quality_fashionmnist.sh            # about 80 min on an idle 2-core CPU
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-outputs/quality_fashionmnist}
@@ -28,4 +28,7 @@ stage() {  # stage NAME COMMAND...: run it, append its wall time
 stage eval_gpt $PY scripts/evaluate.py stage=gpt checkpoint_vae="$VAE" checkpoint_gpt="$GPT" fid.num_samples=10000 \
   hydra.run.dir="$OUT/eval_gpt"
 stage eval_tokenizer $PY scripts/evaluate.py stage=tokenizer checkpoint_vae="$VAE" hydra.run.dir="$OUT/eval_tokenizer"
+# a guidance sweep on 2,000 samples (its own protocol column: another N)
+stage eval_gpt_sweep $PY scripts/evaluate.py stage=gpt checkpoint_vae="$VAE" checkpoint_gpt="$GPT" \
+  fid.num_samples=2000 'cfg_scales=[1.5,2,3]' hydra.run.dir="$OUT/eval_gpt_sweep"
 $PY benchmarks/quality_table.py "$OUT"

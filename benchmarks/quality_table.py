@@ -34,10 +34,13 @@ def build(run: Path) -> dict:
     times = {r["stage"]: r for r in map(json.loads, (run / "times.jsonl").read_text().splitlines())}
     tok = json.loads((run / "eval_tokenizer" / "eval.json").read_text())
     gpt = json.loads((run / "eval_gpt" / "eval.json").read_text())
+    samples = list(gpt["samples"])
+    for sweep in sorted(run.glob("eval_gpt_*/eval.json")):  # more evaluations of the same GPT (a cfg sweep)
+        samples += json.loads(sweep.read_text())["samples"]
     fids = [{"name": "rFID (tokenizer)", "fid": tok["rfid"], "protocol": tok["protocol"]}]
-    fids += [{"name": f"FID (GPT, cfg_scale={row['cfg_scale']})", "fid": row["fid"], "protocol": row["protocol"],
+    fids += [{"name": "FID (GPT)", "cfg_scale": row["cfg_scale"], "fid": row["fid"], "protocol": row["protocol"],
               "noise_floor": row["fid_noise_floor"], "noise_floor_size": row["fid_noise_floor_size"]}
-             for row in gpt["samples"]]
+             for row in samples]
     letters = {}
     for letter, column in zip("ABCDEFGH", fid_columns(fids), strict=False):
         for i in column["rows"]:
@@ -52,18 +55,17 @@ def build(run: Path) -> dict:
 def markdown(result: dict) -> str:
     """The README's table and its protocol notes."""
     t, g, s = result["tokenizer"], result["gpt"], result["stages"]
-    fid = {row["name"]: row for row in result["fids"]}
-    rfid = fid["rFID (tokenizer)"]
+    rfid = result["fids"][0]
     lines = ["| stage | quality | train time |", "|---|---|---|",
              f"| tokenizer | rFID {rfid['fid']:.2f} [{rfid['protocol_id']}], PSNR {t['psnr']:.2f} dB, "
              f"SSIM {t['ssim']:.3f}, LPIPS {t['lpips']:.3f}, usage {t['usage']:.0%}, perplexity "
              f"{t['perplexity']:.0f} | {s['tokenizer']['seconds'] / 60:.0f} min |"]
-    for name, row in fid.items():
-        if name.startswith("FID"):
-            lines.append(f"| GPT | {name.split('(GPT, ')[1][:-1]}: FID-{row['protocol']['num_samples']} "
-                         f"{row['fid']:.2f} [{row['protocol_id']}] (noise floor {row['noise_floor']:.2f} at "
-                         f"{row['noise_floor_size']} vs {row['noise_floor_size']}), {g['loss']:.3f} nats/token, "
-                         f"{g['bits_per_dim']:.3f} bits/dim | {s['gpt']['seconds'] / 60:.0f} min |")
+    for row in result["fids"][1:]:
+        scale = "no guidance" if row["cfg_scale"] is None else f"cfg_scale {row['cfg_scale']:g}"
+        lines.append(f"| GPT | FID-{row['protocol']['num_samples']} {row['fid']:.2f} [{row['protocol_id']}] "
+                     f"({scale}; noise floor {row['noise_floor']:.2f} at {row['noise_floor_size']} vs "
+                     f"{row['noise_floor_size']}), {g['loss']:.3f} nats/token, {g['bits_per_dim']:.3f} bits/dim | "
+                     f"{s['gpt']['seconds'] / 60:.0f} min |")
     lines.append("")
     seen = {}
     for row in result["fids"]:

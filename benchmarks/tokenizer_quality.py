@@ -198,9 +198,11 @@ def last_train_metrics(out_dir: Path) -> dict:
     return rows[-1] if rows else {}
 
 
-def run_variant(key: str, quick: bool, steps: int, runs_dir: Path, rfid_images: int) -> dict:
-    """Train and evaluate one variant; its results, settings and timings."""
+def run_variant(key: str, quick: bool, steps: int, runs_dir: Path, rfid_images: int,
+                extra: list[str] | None = None) -> dict:
+    """Train and evaluate one variant (plus `extra` overrides, a tuning try); its results, settings and timings."""
     name, variant_overrides = VARIANTS[key]
+    variant_overrides = variant_overrides + list(extra or [])
     out_dir = runs_dir / name
     overrides = shared_overrides(quick, steps) + variant_overrides + [f"out_dir={out_dir}"]
     run = compose_run(overrides)
@@ -306,6 +308,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help=f"training steps per variant "
                         f"(default {FULL_STEPS}, --quick {QUICK_STEPS})")
     parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=sorted(VARIANTS))
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="extra overrides for the "
+                        "variants run (a tuning try), e.g. --variants b --set tokenizer.quantizer.reparam=true")
     parser.add_argument("--rfid-images", type=int, default=2000, help="rFID on this many test images and their "
                         "reconstructions (Inception is ~6 images/s on 2 CPU cores); 0 = off")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/"
@@ -325,7 +329,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     register_peer()
     started = datetime.datetime.now(datetime.timezone.utc)
-    records = [run_variant(key, args.quick, steps, runs_dir, args.rfid_images) for key in args.variants]
+    records = [run_variant(key, args.quick, steps, runs_dir, args.rfid_images, args.set) for key in args.variants]
     check = target_check(records)
 
     report = table(records)

@@ -112,5 +112,6 @@ def test_the_quality_table_letters_fids_by_protocol(tmp_path):
     result = quality_table.build(tmp_path)
     assert [row["protocol_id"] for row in result["fids"]] == ["A", "B", "B"]
     table = quality_table.markdown(result)
-    assert "rFID 3.00 [A]" in table and "cfg_scale=2.0: FID-10000 6.00 [B]" in table
+    assert "rFID 3.00 [A]" in table and "FID-10000 6.00 [B] (cfg_scale 2;" in table
+    assert "FID-10000 8.00 [B] (no guidance;" in table
     assert table.count("[A] ") == 1 and "balanced: 1000 per class" in table
