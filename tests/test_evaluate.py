@@ -7,11 +7,14 @@ import json
 
 import pytest
 import torch
-from conftest import make_tokenizer, one_error_line
+from conftest import PATTERNS, make_tokenizer, one_error_line
 
-from vqgpt.config import EvaluateRun, FIDConfig, GPTConfig, TrainerConfig, TrainGPTRun
+from vqgpt.checkpoint import save_checkpoint
+from vqgpt.config import ClassifierConfig, EvaluateRun, FIDConfig, GPTConfig, TrainerConfig, TrainGPTRun
+from vqgpt.data import dataset_info
 from vqgpt.errors import UserError
 from vqgpt.eval.evaluate import balanced_labels, check_run, describe_balance
+from vqgpt.models.classifier import Classifier
 from vqgpt.train.engine import Engine
 from vqgpt.train.gpt import GPTTask
 
@@ -19,9 +22,14 @@ SMALL_FID = ("fid.reference_size=4", "fid.batch_size=4")
 
 
 def test_gpt_stage_sweeps_cfg_scales_into_one_json_with_the_protocol(tiny_ckpts, run_script, tmp_path):
+    torch.manual_seed(0)
+    classifier = Classifier(ClassifierConfig(in_channels=3, image_size=8, num_classes=6, channels=[8]))
+    save_checkpoint(tmp_path / "clf", classifier, stage="classifier", arch="classifier", meta=dataset_info(PATTERNS),
+                    step=0)
     out = run_script("evaluate.py", "stage=gpt", f"checkpoint_vae={tiny_ckpts / 'tok'}",
                      f"checkpoint_gpt={tiny_ckpts / 'gpt'}", "fid.num_samples=6", "cfg_scales=[1,2]",
-                     "fid.inception_score=false", *SMALL_FID, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+                     f"checkpoint_classifier={tmp_path / 'clf'}", "fid.inception_score=false", *SMALL_FID,
+                     f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     results = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert results["stage"] == "gpt" and results["bits_per_dim"] > 0
@@ -32,6 +40,9 @@ def test_gpt_stage_sweeps_cfg_scales_into_one_json_with_the_protocol(tiny_ckpts,
         assert row["protocol"]["num_samples"] == 6 and row["protocol"]["reference_size"] == 4
         assert row["protocol"]["class_balance"] == "balanced: 1 per class (6 classes)"
         assert row["fid"] > 0 and row["fid_noise_floor_size"] == 2
+        # the classifier's verdict on each class's one sample: per class 0 or 1, their mean overall
+        assert len(row["per_class_accuracy"]) == 6 and set(row["per_class_accuracy"]) <= {0.0, 1.0}
+        assert row["class_accuracy"] == pytest.approx(sum(row["per_class_accuracy"]) / 6, abs=1e-6)
     assert "FID protocol: implementation: torchmetrics" in out.stdout and "cfg_scale" in out.stdout
 
 
