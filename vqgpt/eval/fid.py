@@ -156,7 +156,7 @@ class FIDProtocol:
     """What an FID depends on; saved with every FID vqgpt prints or writes."""
 
     implementation: str  # the code and its versions
-    weights: str  # the network's weights and where they came from
+    weights: str  # which network and weights (the file they were read from is not part of it: see the hash)
     weights_sha256: str  # of the tensors (tensors_sha256), the same from every source holding the same numbers
     resize: str
     input: str
