@@ -38,8 +38,7 @@ def check_run(run: EvaluateRun) -> None:
     if run.stage == "gpt" and not run.checkpoint_gpt:
         raise UserError("stage=gpt needs checkpoint_gpt=<GPT checkpoint directory> (or stage=tokenizer)")
     f = run.fid
-    for key, value in (("fid.num_samples", f.num_samples), ("fid.batch_size", f.batch_size),
-                       ("batch_size", run.batch_size)):
+    for key, value in (("fid.batch_size", f.batch_size), ("batch_size", run.batch_size)):
         if value < 1:
             raise UserError(f"{key}={value} must be a positive integer")
     if f.num_samples < 2:
@@ -193,9 +192,7 @@ def evaluate_gpt(run: EvaluateRun, device: torch.device) -> dict[str, Any]:
         classifier = load_checkpoint(run.checkpoint_classifier, expected_stage="classifier", map_location=device)
         check_classifier(classifier.model, models.tokenizer, models.gpt, run.checkpoint_classifier)
         classifier = classifier.model.eval()
-    data_cfg = dataclass_from_dict(DatasetConfig, models.data_config) if models.data_config else None
-    if data_cfg is None:
-        raise UserError(f"{run.checkpoint_vae} records no data_config, so there is no test split to measure against")
+    data_cfg = data_config(run.checkpoint_vae, {"data_config": models.data_config})
     results: dict[str, Any] = {"stage": "gpt", "checkpoint_vae": run.checkpoint_vae,
                                "checkpoint_gpt": run.checkpoint_gpt, **token_metrics(run, models, device)}
     from vqgpt.generate.sampling import resolve_class
