@@ -113,3 +113,80 @@ def test_train_classifier_then_rejection_sampling_by_class_name(tiny_ckpts, tmp_
     assert out.returncode == 0, out.stderr
     assert "best of 3" in out.stdout
     assert sorted(p.name for p in (tmp_path / "run" / "images").iterdir()) == ["circle_0.png", "circle_1.png"]
+
+
+def _sample_run(ckpts: Path, **sampling) -> SampleRun:
+    run = SampleRun(checkpoint_vae=str(ckpts / "tok"), checkpoint_gpt=str(ckpts / "gpt"), device="cpu",
+                    batch_size=4)
+    run.sampling = dataclasses.replace(run.sampling, **sampling)
+    return run
+
+
+def _models(run: SampleRun) -> pipeline.Models:
+    return pipeline.load_models(run, torch.device("cpu"))
+
+
+def _pixels(folder: Path) -> dict[str, bytes]:
+    return {p.name: Image.open(p).tobytes() for p in sorted(folder.glob("*.png"))}
+
+
+def test_sampling_resumes_a_stopped_run_with_the_same_images(tiny_ckpts, tmp_path, monkeypatch):
+    run = _sample_run(tiny_ckpts, num_samples=3)  # 6 classes x 3 = 18 images in batches of 4
+    models = _models(run)
+    for name in ("whole", "part"):
+        (tmp_path / name).mkdir()
+    pipeline.sample_grid(run, models, tmp_path / "whole")
+    whole = _pixels(tmp_path / "whole" / "images")
+    assert len(whole) == 18
+
+    drawn = []
+    real_sample_images = pipeline.sample_images
+
+    def stop_after_two_batches(models, cond, num, s, batch_size):
+        if len(drawn) == 2:
+            raise KeyboardInterrupt
+        drawn.append(s.seed)
+        return real_sample_images(models, cond, num, s, batch_size)
+
+    monkeypatch.setattr(pipeline, "sample_images", stop_after_two_batches)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.sample_grid(run, models, tmp_path / "part")
+    assert len(_pixels(tmp_path / "part" / "images")) == 8  # two whole batches, nothing half-written
+    assert not list((tmp_path / "part" / "images").glob("*.part"))
+    (tmp_path / "part" / "images" / sorted(whole)[0]).unlink()  # and one image lost
+
+    calls = []
+    monkeypatch.setattr(pipeline, "sample_images", lambda *a: calls.append(a) or real_sample_images(*a))
+    pipeline.sample_grid(run, models, tmp_path / "part")
+    assert len(calls) == 4  # of the 5 batches, the whole second one was skipped
+    assert _pixels(tmp_path / "part" / "images") == whole
+    assert Image.open(tmp_path / "part" / "samples.png").tobytes() == \
+        Image.open(tmp_path / "whole" / "samples.png").tobytes()
+
+
+def test_resuming_with_other_settings_is_refused(tiny_ckpts, tmp_path):
+    run = _sample_run(tiny_ckpts, num_samples=1)
+    pipeline.sample_grid(run, _models(run), tmp_path)
+    other = _sample_run(tiny_ckpts, num_samples=1, top_k=4)
+    with pytest.raises(pipeline.UserError, match="differs in: sampling"):
+        pipeline.sample_grid(other, _models(other), tmp_path)
+
+
+def test_one_class_gets_a_square_grid(tiny_ckpts, tmp_path):
+    run = _sample_run(tiny_ckpts, num_samples=9, class_label="checkerboard")
+    pipeline.sample_grid(run, _models(run), tmp_path)
+    assert Image.open(tmp_path / "samples.png").size == (3 * 10 + 2, 3 * 10 + 2)  # not a 1x9 strip
+
+
+@pytest.mark.parametrize("accept_n", [None, 3, 8])
+def test_image_batches_cover_every_image_once_and_never_share_a_seed(accept_n):
+    s = SampleRun().sampling
+    s = dataclasses.replace(s, accept_n=accept_n, seed=5)
+    batches = pipeline.image_batches(23, s, batch_size=6)
+    assert [j for index, _ in batches for j in index] == list(range(23))
+    per_image = accept_n or 1
+    seeds = []
+    for index, settings in batches:  # sample_tokens draws chunk k of a batch from settings.seed + k
+        chunks = -(-len(index) * per_image // 6)
+        seeds += [settings.seed + k for k in range(chunks)]
+    assert len(seeds) == len(set(seeds)) and min(seeds) == 5

@@ -23,7 +23,14 @@ from vqgpt.config import DatasetConfig, EvaluateRun, FIDConfig, SampleRun, Sampl
 from vqgpt.data import build_dataset
 from vqgpt.errors import UserError
 from vqgpt.eval.fid import FID
-from vqgpt.generate.pipeline import Models, check_classifier, check_sample_run, load_models, sample_images
+from vqgpt.generate.pipeline import (
+    Models,
+    check_classifier,
+    check_sample_run,
+    image_batches,
+    load_models,
+    sample_images,
+)
 from vqgpt.train.loggers import progress
 
 STAGES = ("tokenizer", "gpt")
@@ -131,7 +138,7 @@ def describe_balance(labels: torch.Tensor | None, class_names: list[str] | None)
 @torch.no_grad()
 def sample_fid(models: Models, fid: FID, labels: torch.Tensor | None, num: int, s: SamplingConfig,
                batch_size: int, classifier: torch.nn.Module | None = None, desc: str = "sampling") -> dict[str, Any]:
-    """FID (and IS, class accuracy) of `num` samples drawn `batch_size` at a time; chunk i draws from seed + i."""
+    """FID (and IS, class accuracy) of `num` samples drawn `batch_size` at a time (pipeline.image_batches)."""
     from torchmetrics.classification import MulticlassAccuracy
 
     fid.reset()
@@ -142,10 +149,10 @@ def sample_fid(models: Models, fid: FID, labels: torch.Tensor | None, num: int, 
         mean_accuracy = MulticlassAccuracy(num_classes=n_cls, average="micro").to(fid.device)
     start = time.perf_counter()
     bar = progress(total=num, desc=desc)
-    for i, begin in enumerate(range(0, num, batch_size)):
-        n = min(batch_size, num - begin)
-        cond = None if labels is None else labels[begin:begin + n].to(fid.device)
-        images = sample_images(models, cond, n, dataclasses.replace(s, seed=s.seed + i), batch_size)
+    for index, settings in image_batches(num, s, batch_size):
+        n = len(index)
+        cond = None if labels is None else labels[index.start:index.stop].to(fid.device)
+        images = sample_images(models, cond, n, settings, batch_size)
         fid.update(images)
         if accuracy is not None:
             predicted = classifier(images.to(fid.device)).argmax(-1)

@@ -8,7 +8,10 @@ half-image completion. Everything goes through the Tokenizer interface (vqgpt/to
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -17,6 +20,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torch import nn
+from torchvision.transforms.functional import pil_to_tensor
 from torchvision.utils import make_grid, save_image
 
 from vqgpt.checkpoint import checkpoint_hash, dataclass_from_dict, load_checkpoint
@@ -27,6 +31,7 @@ from vqgpt.generate.sampling import check_sampling_args, generate, resolve_class
 from vqgpt.images import save_grid, to_unit
 from vqgpt.models.classifier import best_of, class_scores
 from vqgpt.tokenizers import Tokenizer
+from vqgpt.train.loggers import progress
 
 
 @dataclass
@@ -170,6 +175,17 @@ def sample_images(models: Models, cond: torch.Tensor | None, num: int, s: Sampli
     return best_of(images.view(num, n, *images.shape[1:]), scores)
 
 
+def image_batches(num: int, s: SamplingConfig, batch_size: int) -> list[tuple[range, SamplingConfig]]:
+    """The batches of a run of `num` images, each with the settings it is drawn with: `batch_size` sequences
+    at a time (accept_n candidates per image), and seeds that no two batches share, so that any batch can be
+    drawn again on its own (resuming) and give the same images."""
+    per_image = s.accept_n or 1
+    step = max(1, batch_size // per_image)  # images per batch
+    chunks = math.ceil(step * per_image / batch_size)  # generate() calls per batch, one seed each
+    return [(range(start, min(start + step, num)), dataclasses.replace(s, seed=s.seed + i * chunks))
+            for i, start in enumerate(range(0, num, step))]
+
+
 def grid_labels(num_classes: int, per_class: int, label: int | None = None) -> list[int] | None:
     """Labels of a class grid: `per_class` of every class (or of `label` only), one row each; None when
     the GPT is unconditional."""
@@ -205,18 +221,86 @@ def image_names(labels: list[int] | None, num: int, class_names: list[str] | Non
     return names
 
 
+GRID_MAX = 16  # samples.png shows at most this many images per class row (at most GRID_MAX**2 in a square)
+MANIFEST = "samples.json"  # what images/ was sampled with; a rerun into the same run dir resumes from it
+
+
+def sampling_manifest(run: SampleRun, num: int) -> dict:
+    """Everything that decides which images a sampling run writes: a rerun with the same manifest resumes."""
+    classifier = run.checkpoint_classifier and (run.sampling.accept_n or 1) > 1
+    return {"checkpoint_vae": checkpoint_hash(run.checkpoint_vae),
+            "checkpoint_gpt": checkpoint_hash(run.checkpoint_gpt), "ema": run.ema,
+            "checkpoint_classifier": checkpoint_hash(run.checkpoint_classifier) if classifier else None,
+            "sampling": dataclasses.asdict(run.sampling), "batch_size": run.batch_size, "num_images": num}
+
+
+def check_resume(out_dir: Path, manifest: dict) -> None:
+    """Refuse to add images to a run dir that holds images of other settings (they would not belong together)."""
+    path = out_dir / MANIFEST
+    if not path.exists():
+        if any((out_dir / "images").glob("*.png")):
+            raise UserError(f"{out_dir / 'images'} holds images from an unknown run ({MANIFEST} is missing); "
+                            "pick another run dir (hydra.run.dir=...) or delete it")
+        return
+    old = json.loads(path.read_text())
+    changed = sorted(k for k in manifest.keys() | old.keys() if old.get(k) != manifest.get(k))
+    if changed:
+        raise UserError(f"{out_dir} holds samples made with other settings (differs in: {', '.join(changed)}); "
+                        "rerun with the same settings to resume, or pick another run dir (hydra.run.dir=...)")
+
+
+def _save_png(image: torch.Tensor, path: Path) -> None:
+    """One image (C, H, W) in [-1, 1] as a PNG, written whole or not at all (an interrupt leaves no half file)."""
+    part = path.with_name(path.name + ".part")
+    save_image(to_unit(image), part, format="PNG")
+    os.replace(part, path)
+
+
 def sample_grid(run: SampleRun, models: Models, out_dir: Path) -> Path:
-    """samples.png (one row per class, or a square) and one PNG per image under images/."""
+    """One PNG per image under images/, written batch by batch as decoded (memory flat in the number of
+    images), then samples.png: one row per class (up to GRID_MAX each), or a square for one class or none.
+
+    Every batch has seeds of its own (image_batches), so a run stopped midway and started again into the same
+    run dir skips the batches whose images are all written and ends with the images an uninterrupted run
+    makes; samples.json records the settings, and other settings are refused there."""
     s, num_classes = run.sampling, models.gpt.config.num_classes
     label = resolve_class(s.class_label, models.class_names, num_classes)
     labels = grid_labels(num_classes, s.num_samples, label)
-    cond = None if labels is None else torch.tensor(labels, device=next(models.gpt.parameters()).device)
-    images = sample_images(models, cond, len(labels) if labels else s.num_samples, s, run.batch_size)
-    path = save_grid(images, out_dir / "samples.png", nrow=s.num_samples if num_classes else None)
-    (out_dir / "images").mkdir(exist_ok=True)
-    for image, name in zip(images, image_names(labels, len(images), models.class_names), strict=True):
-        save_image(to_unit(image), out_dir / "images" / name)
-    return path
+    num = len(labels) if labels else s.num_samples
+    names = image_names(labels, num, models.class_names)
+    manifest = sampling_manifest(run, num)
+    check_resume(out_dir, manifest)
+    images_dir = out_dir / "images"
+    images_dir.mkdir(exist_ok=True)
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    rows = 1 if not labels or label is not None or num_classes == 1 else num_classes
+    per_row = min(s.num_samples if rows > 1 else math.ceil(math.sqrt(num)), GRID_MAX)
+    if rows > 1:  # the first per_row of each class
+        shown = {i for i in range(num) if i % s.num_samples < per_row}
+    else:
+        shown = set(range(min(num, per_row ** 2)))
+    grid: dict[int, torch.Tensor] = {}
+    device = next(models.gpt.parameters()).device
+    bar = progress(total=num, desc="sampling images")
+    mode = "L" if models.tokenizer.channels == 1 else "RGB"
+    for index, settings in image_batches(num, s, run.batch_size):
+        paths = [images_dir / names[j] for j in index]
+        if all(path.exists() for path in paths):  # written by an earlier run of the same settings
+            for j in set(index) & shown:
+                with Image.open(paths[j - index.start]) as png:
+                    grid[j] = pil_to_tensor(png.convert(mode)).float() / 127.5 - 1.0
+        else:
+            cond = None if labels is None else torch.tensor(labels[index.start:index.stop], device=device)
+            images = sample_images(models, cond, len(index), settings, run.batch_size)
+            for j, image, path in zip(index, images, paths, strict=True):
+                if not path.exists():
+                    _save_png(image, path)
+                if j in shown:
+                    grid[j] = image.cpu()
+        bar.update(len(index))
+    bar.close()
+    picked = torch.stack([grid[j] for j in sorted(grid)])
+    return save_grid(picked, out_dir / "samples.png", nrow=per_row if rows > 1 else None)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -103,9 +103,15 @@ def sample_next(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """One token per row, (B,), drawn from logits (B, V) divided by temperature, then filtered."""
-    logits = filter_logits(logits.float() / temperature, top_k, top_p)
-    probs = F.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    probs = F.softmax(filter_logits(logits, top_k, top_p), dim=-1)
+    # What torch.multinomial(probs, 1) computes, the same draws from the same generator, minus its validity
+    # check, which reads a value back to the host every step (a GPU sync; gpt-fast samples this way too):
+    # argmax of p_i / E_i with E_i ~ Exp(1) picks i with probability p_i.
+    race = torch.empty_like(probs).exponential_(1, generator=generator)
+    return (probs / race).argmax(dim=-1)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -215,7 +221,8 @@ def generate(
             if callback is not None:
                 callback(t, tokens[:, :t + 1], logits)
             if t + 1 < block_size:  # the last token is never fed back
-                logits = model.decode_one(tokens[:, t].repeat(run.copies), cache)
+                token = tokens[:, t] if run.copies == 1 else tokens[:, t].repeat(run.copies)
+                logits = model.decode_one(token, cache)
     return tokens
 
 

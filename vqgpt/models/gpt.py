@@ -19,7 +19,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
 from vqgpt.config import GPTConfig
@@ -91,15 +90,17 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, L, C)
-        q, k, v = (rearrange(t, "b l (h d) -> b h l d", h=self.n_head) for t in (q, k, v))
+        batch, length, width = x.shape
+        # (B, L, 3C) -> (3, B, nh, L, hd). A view and a permute, not einops: at batch 1 the decode loop is
+        # bound by per-op overhead, and this runs once per layer per token (benchmarks/sampling_speed.py).
+        q, k, v = self.c_attn(x).view(batch, length, 3, self.n_head, width // self.n_head).permute(2, 0, 3, 1, 4)
         if cache is not None:
             k, v = cache.append(k, v)  # (B, nh, cached + L, hd)
         # A call of several tokens always starts at position 0 (forward, prefill), so the mask is the plain
         # lower triangle; a one-token decode attends to every key so far, which needs no mask at all.
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
-                                           is_causal=q.size(2) > 1)
-        y = rearrange(y, "b h l d -> b l (h d)")
+                                           is_causal=length > 1)  # (B, nh, L, hd)
+        y = y.transpose(1, 2).reshape(batch, length, width)
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -191,8 +192,7 @@ class GPT(nn.Module):
 
     def _hidden(self, x: torch.Tensor, start: int, cache: list[KVCache] | None = None) -> torch.Tensor:
         """Embeddings (B, L, C) of positions start..start+L-1 -> final hidden states (B, L, C)."""
-        pos = torch.arange(start, start + x.size(1), device=x.device)
-        x = self.transformer.drop(x + self.transformer.wpe(pos))
+        x = self.transformer.drop(x + self.transformer.wpe.weight[start:start + x.size(1)])  # rows = positions
         for i, block in enumerate(self.transformer.h):
             x = block(x, None if cache is None else cache[i])
         return self.transformer.ln_f(x)
@@ -229,5 +229,7 @@ class GPT(nn.Module):
 
     def decode_one(self, token: torch.Tensor, cache: list[KVCache]) -> torch.Tensor:
         """Append one token (B,) after the cached ones; return the logits (B, V) of the token after it."""
+        if cache[0].length >= self.config.block_size:
+            raise ValueError(f"the cache is full: all block_size={self.config.block_size} positions are written")
         x = self.transformer.wte(token)[:, None]  # (B, 1, C)
         return self.lm_head(self._hidden(x, start=cache[0].length, cache=cache)[:, -1])
