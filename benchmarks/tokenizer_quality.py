@@ -26,44 +26,41 @@ pip install -e ".[bench]".
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
-import os
-import platform
-import shlex
 import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-from torch import Tensor, nn
+from torch import Tensor
 
-from vqgpt.cli import make_run_dir
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import (  # noqa: E402
+    RESULTS_DIR,
+    ROOT,
+    compose_run,
+    now,
+    package_version,
+    quantizer_step_times,
+    write_result,
+)
+
+from vqgpt.cli import make_run_dir  # noqa: E402
 from vqgpt.config import (
-    CONFIG_DIR,
     QUANTIZER_CONFIGS,
     EvaluateRun,
     FIDConfig,
     QuantizerConfig,
-    TrainTokenizerRun,
-    register_configs,
-    to_object,
 )
 from vqgpt.errors import UserError
 from vqgpt.eval.evaluate import evaluate_tokenizer
 from vqgpt.tokenizers.quantizers import QUANTIZERS, Quantizer, QuantizerOutput
 from vqgpt.train.tokenizer import train_tokenizer
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = ROOT / "benchmarks" / "results"
 PEER_NAME = "bench_vq_pytorch"  # benchmark-only quantizer: `tokenizer/quantizer=bench_vq_pytorch`
 
 # ---------------------------------------------------------------------------------------------------------
@@ -167,30 +164,6 @@ def shared_overrides(quick: bool, steps: int) -> list[str]:
     ]
 
 
-def compose_run(overrides: list[str]) -> TrainTokenizerRun:
-    """The run config `scripts/train_tokenizer.py <overrides>` would get, typed."""
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train_tokenizer", overrides=overrides)
-    return to_object(cfg)
-
-
-@contextmanager
-def quantizer_step_times() -> Iterator[list[float]]:
-    """Timestamps of every training-mode quantizer forward (one per training step) while inside."""
-    stamps: list[float] = []
-
-    def hook(module: nn.Module, args: tuple) -> None:
-        if isinstance(module, Quantizer) and module.training:
-            stamps.append(time.perf_counter())
-
-    handle = nn.modules.module.register_module_forward_pre_hook(hook)
-    try:
-        yield stamps
-    finally:
-        handle.remove()
-
-
 def last_train_metrics(out_dir: Path) -> dict:
     """The last logged training row of metrics.jsonl (codebook/* over the last usage_window steps)."""
     rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -274,34 +247,6 @@ def target_check(records: list[dict]) -> dict | None:
     return {"usage_ge_99": usage_ok, "psnr_ge_peer": psnr_ok, "met": bool(usage_ok and psnr_ok)}
 
 
-def machine() -> dict:
-    """What the timings were taken on."""
-    try:
-        load = os.getloadavg()
-    except OSError:
-        load = None
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "loadavg_at_end": load}
-
-
-def git_state() -> dict:
-    """The commit the numbers belong to, and whether the tree had local changes."""
-    def git(*args: str) -> str:
-        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
-        return out.stdout.strip() if out.returncode == 0 else ""
-
-    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain"))}
-
-
-def package_version(name: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"fashionmnist_small, {QUICK_STEPS} steps")
@@ -328,7 +273,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     register_peer()
-    started = datetime.datetime.now(datetime.timezone.utc)
+    started = now()
     records = [run_variant(key, args.quick, steps, runs_dir, args.rfid_images, args.set) for key in args.variants]
     check = target_check(records)
 
@@ -336,30 +281,18 @@ def main() -> None:
     print("\n" + report)
     if check is not None:
         print(f"\ntarget for (b) (test usage >= 99 % and PSNR >= peer's): {check}")
-    result = {
+    write_result(out, started, {
         "benchmark": "tokenizer_quality",
-        "command": "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]]),
-        "date_utc": started.isoformat(timespec="seconds"),
-        "duration_seconds": (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds(),
         "quick": args.quick,
         "steps": steps,
         "shared_overrides": shared_overrides(args.quick, steps) + ["out_dir=<runs_dir>/<variant name>"],
         "timing": "sec_per_step_*: intervals between consecutive training forwards of the quantizer "
                   "(one full generator step each), this process, all variants run one after another",
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "vector_quantize_pytorch": package_version("vector-quantize-pytorch"),
-                     "vqgpt": package_version("vqgpt"), **git_state()},
-        "machine": machine(),
         "threads": args.threads,
         "target_b": check,
         "results": records,
         "table_markdown": report,
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(out)  # never a half-written results file
-    print(f"\nwrote {out}")
+    }, packages=("vector-quantize-pytorch",))
 
 
 if __name__ == "__main__":

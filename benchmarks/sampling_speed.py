@@ -1,0 +1,161 @@
+"""Sampling speed: vqgpt's KV-cache sampler against the re-forward loop and Hugging Face `generate`.
+
+    pip install -e ".[bench]"                                   # transformers, the peer
+    python benchmarks/sampling_speed.py               # batch 1, 16, 64 -> benchmarks/results/sampling_speed.json
+    python benchmarks/sampling_speed.py --batches 1 --runs 3 --out /tmp/s.json
+
+One GPT size for all (default 8 layers x 512 wide, 8 heads, vocab 1024, 256 tokens = a 16x16 grid, unconditional,
+fp32), plain sampling (temperature 1, no top-k/top-p). The cases:
+    vqgpt      vqgpt.generate.sampling.generate: one prefill, then one cached token a step
+    reforward  generate_nocache: the whole sequence again for every token (the seeds' loop; the test oracle)
+    hf         transformers' GPT2LMHeadModel.generate(use_cache=True, do_sample=True) with vqgpt's weights copied
+               in; the start token goes in as `inputs_embeds`, so both models see the same numbers
+Before timing, the logits of both models on the same tokens must agree (max |diff| printed) and greedy decoding
+must give the same tokens. The cases take turns run by run, in one process, one thread by default; medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import RESULTS_DIR, interleaved, median, now, package_version, write_result  # noqa: E402
+
+from vqgpt.config import GPTConfig  # noqa: E402
+from vqgpt.generate.sampling import generate, generate_nocache  # noqa: E402
+from vqgpt.models.gpt import GPT  # noqa: E402
+
+
+def hf_twin(model: GPT):
+    """transformers' GPT-2 of the same size holding `model`'s weights (vocab = the image tokens only)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = model.config
+    hf_cfg = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
+                        n_layer=cfg.n_layer, n_head=cfg.n_head, activation_function="gelu",  # exact GELU, as ours
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5,
+                        tie_word_embeddings=cfg.tie_weights, bos_token_id=None, eos_token_id=None)
+    hf = GPT2LMHeadModel(hf_cfg)
+    hf.config._attn_implementation = "sdpa"
+    ours = model.state_dict()
+    new = {"transformer.wte.weight": ours["transformer.wte.weight"],
+           "transformer.wpe.weight": ours["transformer.wpe.weight"],
+           "transformer.ln_f.weight": ours["transformer.ln_f.weight"],
+           "lm_head.weight": ours["lm_head.weight"]}
+    for i in range(cfg.n_layer):
+        src, dst = f"transformer.h.{i}.", f"transformer.h.{i}."
+        for ln in ("ln_1", "ln_2"):
+            new[dst + ln + ".weight"] = ours[src + ln + ".weight"]
+        for ours_name, hf_name in (("attn.c_attn", "attn.c_attn"), ("attn.c_proj", "attn.c_proj"),
+                                   ("mlp.c_fc", "mlp.c_fc"), ("mlp.c_proj", "mlp.c_proj")):
+            new[dst + hf_name + ".weight"] = ours[src + ours_name + ".weight"].t()  # HF's Conv1D is (in, out)
+    state = hf.state_dict()
+    for name, value in state.items():  # ours has no biases (bias=False): HF's are zero
+        if name not in new:
+            new[name] = torch.zeros_like(value) if name.endswith(".bias") else value
+    hf.load_state_dict(new, strict=True)
+    return hf.eval()
+
+
+def start_embeds(model: GPT, batch: int) -> torch.Tensor:
+    """(B, 1, C): the unconditional start token's embedding, the first input of every sequence."""
+    return model.transformer.wce.weight[model.null_class].expand(batch, 1, -1).contiguous()
+
+
+@torch.no_grad()
+def check_agreement(model: GPT, hf) -> dict:
+    """Max |logit difference| of the two models on the same random tokens, and whether greedy tokens match."""
+    cfg = model.config
+    tokens = torch.randint(0, cfg.vocab_size, (2, cfg.block_size), generator=torch.Generator().manual_seed(0))
+    ours = model(tokens)[0]  # (2, T, V)
+    embeds = torch.cat([start_embeds(model, 2), model.transformer.wte(tokens[:, :-1])], dim=1)
+    theirs = hf(inputs_embeds=embeds).logits
+    diff = (ours - theirs).abs().max().item()
+    greedy_ours = generate(model, 2, top_k=1)
+    greedy_hf = hf_generate(model, hf, 2, do_sample=False)
+    return {"max_abs_logit_diff": diff, "greedy_tokens_equal": bool(torch.equal(greedy_ours, greedy_hf))}
+
+
+@torch.no_grad()
+def hf_generate(model: GPT, hf, batch: int, do_sample: bool = True) -> torch.Tensor:
+    """(B, T) tokens from transformers' `generate` with its KV cache, started from our start embedding."""
+    length = model.config.block_size
+    return hf.generate(inputs_embeds=start_embeds(model, batch),
+                       attention_mask=torch.ones(batch, 1, dtype=torch.long),
+                       do_sample=do_sample, top_k=None, top_p=None, temperature=None, use_cache=True,
+                       max_new_tokens=length, min_new_tokens=length, pad_token_id=0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--reforward-batches", type=int, nargs="*", default=[1],
+                        help="batches that also time the re-forward loop (default 1: at 64 it takes minutes a run)")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs per case (medians reported)")
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--width", type=int, default=512)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--vocab", type=int, default=1024)
+    parser.add_argument("--tokens", type=int, default=256, help="tokens per image (block size)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "sampling_speed.json")
+    args = parser.parse_args()
+    if package_version("transformers") is None:
+        sys.exit('error: the Hugging Face peer needs transformers: pip install -e ".[bench]"')
+
+    started = now()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    model = GPT(GPTConfig(vocab_size=args.vocab, block_size=args.tokens, num_classes=0, n_layer=args.layers,
+                          n_head=args.heads, n_embd=args.width)).eval()
+    hf = hf_twin(model)
+    agreement = check_agreement(model, hf)
+    print(f"agreement with transformers: {agreement}")
+    if agreement["max_abs_logit_diff"] > 1e-3:
+        sys.exit("error: the two models' logits differ; the weight copy is wrong, nothing was timed")
+    model, hf = model.to(device), hf.to(device)
+
+    rows = []
+    for batch in args.batches:
+        cases = {"vqgpt": lambda b=batch: generate(model, b, seed=0),
+                 "hf": lambda b=batch: hf_generate(model, hf, b)}
+        if batch in args.reforward_batches:
+            cases["reforward"] = lambda b=batch: generate_nocache(model, b, seed=0)
+        times = interleaved(cases, args.runs, device)
+        med = {name: median(values) for name, values in times.items()}
+        row = {"batch": batch, "seconds": times, "median_seconds": med,
+               "tokens_per_second": {n: batch * args.tokens / s for n, s in med.items()},
+               "images_per_second": {n: batch / s for n, s in med.items()},
+               "speedup_vs": {n: s / med["vqgpt"] for n, s in med.items() if n != "vqgpt"}}
+        rows.append(row)
+        print(f"batch {batch}: " + ", ".join(f"{n} {row['tokens_per_second'][n]:.0f} tok/s" for n in med)
+              + "; vqgpt is " + ", ".join(f"{r:.2f}x {n}" for n, r in row["speedup_vs"].items()))
+
+    header = "| batch | vqgpt tok/s | HF tok/s | re-forward tok/s | vs HF | vs re-forward |"
+    lines = [header, "|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        tps, speed = row["tokens_per_second"], row["speedup_vs"]
+        reforward = f"{tps['reforward']:.0f}" if "reforward" in tps else "-"
+        vs_reforward = f"{speed['reforward']:.1f}x" if "reforward" in speed else "-"
+        lines.append(f"| {row['batch']} | {tps['vqgpt']:.0f} | {tps['hf']:.0f} | {reforward} | "
+                     f"{speed['hf']:.2f}x | {vs_reforward} |")
+    table = "\n".join(lines)
+    print("\n" + table)
+    write_result(args.out, started, {
+        "benchmark": "sampling_speed",
+        "model": {"n_layer": args.layers, "n_embd": args.width, "n_head": args.heads, "vocab_size": args.vocab,
+                  "block_size": args.tokens, "params": sum(p.numel() for p in model.parameters())},
+        "device": str(device), "threads": args.threads, "runs": args.runs, "dtype": "float32",
+        "sampling": "temperature 1, no top-k/top-p, unconditional",
+        "agreement": agreement, "results": rows, "table_markdown": table,
+    }, packages=("transformers",))
+
+
+if __name__ == "__main__":
+    main()
