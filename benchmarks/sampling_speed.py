@@ -7,6 +7,8 @@
 One GPT size for all (default 8 layers x 512 wide, 8 heads, vocab 1024, 256 tokens = a 16x16 grid, unconditional,
 fp32), plain sampling (temperature 1, no top-k/top-p). The cases:
     vqgpt      vqgpt.generate.sampling.generate: one prefill, then one cached token a step
+    compiled   the same with compile=True (`sampling.compile`): the static-shape decode step through
+               torch.compile (its compile time falls in the untimed warm-up run)
     reforward  generate_nocache: the whole sequence again for every token (the seeds' loop; the test oracle)
     hf         transformers' GPT2LMHeadModel.generate(use_cache=True, do_sample=True) with vqgpt's weights copied
                in; the start token goes in as `inputs_embeds`, so both models see the same numbers
@@ -95,6 +97,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--reforward-batches", type=int, nargs="*", default=[1],
                         help="batches that also time the re-forward loop (default 1: at 64 it takes minutes a run)")
+    parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip the compiled case")
     parser.add_argument("--runs", type=int, default=5, help="timed runs per case (medians reported)")
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--width", type=int, default=512)
@@ -125,6 +128,8 @@ def main() -> None:
     for batch in args.batches:
         cases = {"vqgpt": lambda b=batch: generate(model, b, seed=0),
                  "hf": lambda b=batch: hf_generate(model, hf, b)}
+        if args.compile:
+            cases["compiled"] = lambda b=batch: generate(model, b, seed=0, compile=True)
         if batch in args.reforward_batches:
             cases["reforward"] = lambda b=batch: generate_nocache(model, b, seed=0)
         times = interleaved(cases, args.runs, device)
@@ -132,19 +137,21 @@ def main() -> None:
         row = {"batch": batch, "seconds": times, "median_seconds": med,
                "tokens_per_second": {n: batch * args.tokens / s for n, s in med.items()},
                "images_per_second": {n: batch / s for n, s in med.items()},
-               "speedup_vs": {n: s / med["vqgpt"] for n, s in med.items() if n != "vqgpt"}}
+               "vqgpt_speedup_vs": {n: s / med["vqgpt"] for n, s in med.items() if n != "vqgpt"}}
         rows.append(row)
         print(f"batch {batch}: " + ", ".join(f"{n} {row['tokens_per_second'][n]:.0f} tok/s" for n in med)
-              + "; vqgpt is " + ", ".join(f"{r:.2f}x {n}" for n, r in row["speedup_vs"].items()))
+              + "; vqgpt is " + ", ".join(f"{r:.2f}x {n}" for n, r in row["vqgpt_speedup_vs"].items()))
 
-    header = "| batch | vqgpt tok/s | HF tok/s | re-forward tok/s | vs HF | vs re-forward |"
-    lines = [header, "|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| batch | vqgpt tok/s | compiled tok/s | HF tok/s | re-forward tok/s | vqgpt vs HF | compiled vs HF "
+             "| vqgpt vs re-forward |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
-        tps, speed = row["tokens_per_second"], row["speedup_vs"]
-        reforward = f"{tps['reforward']:.0f}" if "reforward" in tps else "-"
-        vs_reforward = f"{speed['reforward']:.1f}x" if "reforward" in speed else "-"
-        lines.append(f"| {row['batch']} | {tps['vqgpt']:.0f} | {tps['hf']:.0f} | {reforward} | "
-                     f"{speed['hf']:.2f}x | {vs_reforward} |")
+        tps = row["tokens_per_second"]
+        rate = {name: f"{tps[name]:.0f}" if name in tps else "-" for name in ("compiled", "reforward")}
+        ratio = {name: f"{tps[name] / tps[base]:.2f}x" if name in tps and base in tps else "-"
+                 for name, base in (("vqgpt", "hf"), ("compiled", "hf"))}
+        vs_reforward = f"{tps['vqgpt'] / tps['reforward']:.1f}x" if "reforward" in tps else "-"
+        lines.append(f"| {row['batch']} | {tps['vqgpt']:.0f} | {rate['compiled']} | {tps['hf']:.0f} | "
+                     f"{rate['reforward']} | {ratio['vqgpt']} | {ratio['compiled']} | {vs_reforward} |")
     table = "\n".join(lines)
     print("\n" + table)
     write_result(args.out, started, {

@@ -107,6 +107,22 @@ def test_cache_path_matches_forward_and_is_causal(prefix_len):
     assert not torch.allclose(changed[:, t + 1 - prefix_len:], logits[:, t + 1 - prefix_len:])
 
 
+@pytest.mark.parametrize("prefix_len", [0, 5])
+def test_static_decode_step_equals_decode_one(prefix_len):
+    """decode_static (all cache rows read, later ones masked: what torch.compile captures) == decode_one."""
+    model = tiny_gpt().eval()
+    x = tokens()
+    with torch.no_grad():
+        expected = cached_logits(model, x, LABELS, prefix_len)
+        cache = model.new_cache()
+        steps = [model.prefill(LABELS, x[:, :prefix_len], cache)]
+        pos = torch.tensor([prefix_len])
+        for t in range(prefix_len, BLOCK - 1):
+            pos += 1
+            steps.append(model.decode_static(x[:, t], pos, cache))
+    torch.testing.assert_close(torch.stack(steps, dim=1), expected, rtol=0, atol=1e-5)
+
+
 def test_label_dropout_uses_null_class_at_its_rate_in_training_only():
     model = GPT(tiny_config(class_dropout=0.25))
     labels = torch.randint(0, CLASSES, (20000,))
@@ -204,6 +220,20 @@ def test_cached_generation_equals_nocache_token_for_token(case):
     for (t, so_far, logits), (_, _, plain_logits) in zip(seen_cached, seen_plain, strict=True):
         assert torch.equal(so_far, cached[:, :t + 1]) and logits.shape == (BATCH, VOCAB)
         torch.testing.assert_close(logits, plain_logits, rtol=0, atol=1e-4)
+
+
+@pytest.mark.slow  # torch.compile: ~20 s of compiling on 2 CPU cores
+def test_compiled_generation_equals_eager_within_tolerance():
+    model = tiny_gpt(num_classes=CLASSES)
+    kwargs = dict(cond=LABELS, cfg_scale=1.5, top_k=5, prefix=tokens()[:, :3])
+    seen_eager, seen_compiled = [], []
+    eager = generate(model, BATCH, seed=3, callback=lambda t, x, lg: seen_eager.append(lg), **kwargs)
+    compiled = generate(model, BATCH, seed=3, compile=True, callback=lambda t, x, lg: seen_compiled.append(lg),
+                        **kwargs)
+    assert torch.equal(compiled, eager)
+    torch.testing.assert_close(torch.stack(seen_compiled), torch.stack(seen_eager), rtol=0, atol=1e-4)
+    again = generate(model, BATCH, seed=4, compile=True, **kwargs)  # reuses the compiled step
+    assert torch.equal(again, generate(model, BATCH, seed=4, **kwargs))
 
 
 def test_generation_changes_token_frequencies_with_options():

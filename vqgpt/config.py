@@ -216,6 +216,7 @@ class SamplingConfig:
     seed: int = 0
     class_label: str | None = None  # index or name; None = every class in turn
     accept_n: int | None = None  # classifier rejection: best of N candidates per image; None or 1 = off
+    compile: bool = False  # torch.compile the decode step (static KV cache shapes); the first batch compiles
 
 
 @dataclass

@@ -137,7 +137,8 @@ def check_outputs(out_dir: Path) -> None:
 
 def sample_kwargs(s: SamplingConfig) -> dict:
     """The options `generate` takes from a SamplingConfig (all but seed, num_samples, class_label, accept_n)."""
-    return {"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p, "cfg_scale": s.cfg_scale}
+    return {"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p, "cfg_scale": s.cfg_scale,
+            "compile": s.compile}
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ oracle for the KV-cache path. Options follow one rule: `None` means off.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Callable, Iterator
@@ -188,6 +189,18 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
+def _decode_static(model: nn.Module, token: torch.Tensor, pos: torch.Tensor, cache: list) -> torch.Tensor:
+    return model.decode_static(token, pos, cache)
+
+
+@functools.cache
+def _compiled_decode() -> Callable:
+    """torch.compile of the static decode step (made on first use: importing the compiler is slow). It
+    compiles on its first call, again for another model or batch size (torch._dynamo's recompile limit
+    applies), and every later generate() call reuses it."""
+    return torch.compile(_decode_static, fullgraph=True, dynamic=False)
+
+
 @torch.no_grad()
 def generate(
     model: nn.Module,
@@ -201,11 +214,14 @@ def generate(
     prefix: torch.Tensor | None = None,
     use_cache: bool = True,
     callback: Callback | None = None,
+    compile: bool = False,
 ) -> torch.Tensor:
     """(num_samples, block_size) tokens, after `prefix` (B, P) if given; KV cache: one prefill, then a token a step.
 
     cond: one class index or (B,) indices; None = unconditional (the null class on a conditional GPT).
     cfg_scale: classifier-free guidance, None = off; seed: a torch.Generator of its own, None = global RNG.
+    compile: the decode step through torch.compile with static shapes (`model.decode_static`), compiled once
+    per model and batch size; it equals the eager step within float tolerance.
     """
     if not use_cache:
         return generate_nocache(model, num_samples, cond, temperature, top_k, top_p, cfg_scale, seed, prefix,
@@ -215,6 +231,8 @@ def generate(
     with _eval_mode(model):
         cache = model.new_cache()
         logits = model.prefill(run.cond, tokens[:, :run.start].repeat(run.copies, 1), cache)  # (B', V)
+        if compile:
+            pos = torch.full((1,), run.start, device=tokens.device)  # token t sits at position t + 1
         for t in range(run.start, block_size):
             logits = _guide(logits.float(), cfg_scale)  # (B, V)
             tokens[:, t] = sample_next(logits, temperature, top_k, top_p, run.generator)
@@ -222,7 +240,11 @@ def generate(
                 callback(t, tokens[:, :t + 1], logits)
             if t + 1 < block_size:  # the last token is never fed back
                 token = tokens[:, t] if run.copies == 1 else tokens[:, t].repeat(run.copies)
-                logits = model.decode_one(token, cache)
+                if compile:
+                    pos += 1
+                    logits = _compiled_decode()(model, token, pos, cache)
+                else:
+                    logits = model.decode_one(token, cache)
     return tokens
 
 

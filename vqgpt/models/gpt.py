@@ -11,6 +11,7 @@ learned start token (unconditional) or a class token (class-conditional, LlamaGe
     cache = model.new_cache()                         # sampling (see vqgpt.generate.sampling.generate)
     logits = model.prefill(cond, prefix, cache)       # (B, V): the token after the prefix
     logits = model.decode_one(token, cache)           # (B, V): the token after that
+    logits = model.decode_static(token, pos, cache)   # the same with static shapes, for torch.compile
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class KVCache:
     """One attention layer's keys and values, allocated once for the whole sequence (on the first append).
 
     Allocating from the first keys gives the cache their batch size, device and dtype (bf16 under autocast).
+    Zeros, not empty memory: the static decode step reads every position, the unwritten ones masked out,
+    and a masked NaN would still poison the weighted sum.
     """
 
     def __init__(self, max_len: int):
@@ -66,8 +69,8 @@ class KVCache:
         """Store (B, n_head, L, head_dim) keys/values after the cached ones; return all of them so far."""
         if self.k is None:
             batch, n_head, _, head_dim = k.shape
-            self.k = k.new_empty(batch, n_head, self.max_len, head_dim)
-            self.v = v.new_empty(batch, n_head, self.max_len, head_dim)
+            self.k = k.new_zeros(batch, n_head, self.max_len, head_dim)
+            self.v = v.new_zeros(batch, n_head, self.max_len, head_dim)
         start, end = self.length, self.length + k.size(2)
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; cannot write up to {end}")
@@ -75,6 +78,13 @@ class KVCache:
         self.v[:, :, start:end] = v
         self.length = end
         return self.k[:, :, :end], self.v[:, :, :end]
+
+    def write(self, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Static shapes (a compiled decode step): store one position's (B, n_head, 1, head_dim) keys/values
+        at `pos`, a 1-element long tensor, in place; return the whole buffers (B, n_head, max_len, head_dim)."""
+        self.k.index_copy_(2, pos, k)
+        self.v.index_copy_(2, pos, v)
+        return self.k, self.v
 
 
 class CausalSelfAttention(nn.Module):
@@ -89,11 +99,18 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, pos: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, L, C) -> (B, L, C). With `pos` and `mask` (GPT.decode_static): one token written at `pos`,
+        attending over every cached position where `mask` (1, block_size) is True."""
         batch, length, width = x.shape
         # (B, L, 3C) -> (3, B, nh, L, hd). A view and a permute, not einops: at batch 1 the decode loop is
         # bound by per-op overhead, and this runs once per layer per token (benchmarks/sampling_speed.py).
         q, k, v = self.c_attn(x).view(batch, length, 3, self.n_head, width // self.n_head).permute(2, 0, 3, 1, 4)
+        if pos is not None:
+            k, v = cache.write(pos, k, v)  # (B, nh, block_size, hd)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            return self.c_proj(y.transpose(1, 2).reshape(batch, length, width))
         if cache is not None:
             k, v = cache.append(k, v)  # (B, nh, cached + L, hd)
         # A call of several tokens always starts at position 0 (forward, prefill), so the mask is the plain
@@ -126,8 +143,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache)
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, pos: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, pos, mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -233,3 +251,14 @@ class GPT(nn.Module):
             raise ValueError(f"the cache is full: all block_size={self.config.block_size} positions are written")
         x = self.transformer.wte(token)[:, None]  # (B, 1, C)
         return self.lm_head(self._hidden(x, start=cache[0].length, cache=cache)[:, -1])
+
+    def decode_static(self, token: torch.Tensor, pos: torch.Tensor, cache: list[KVCache]) -> torch.Tensor:
+        """`decode_one` with shapes that never change, so torch.compile builds it once (gpt-fast's decode step):
+        `token` (B,) goes in at position `pos`, a 1-element long tensor, and attention reads all block_size
+        cache rows with those after `pos` masked. The cache is the one `prefill` filled; the caller advances
+        `pos` (in place, no host sync) and nothing here reads or moves `cache.length`. Eval mode only."""
+        mask = (torch.arange(self.config.block_size, device=pos.device) <= pos)[None]  # (1, T): written rows
+        x = self.transformer.wte(token)[:, None] + self.transformer.wpe(pos)  # (B, 1, C)
+        for block, layer_cache in zip(self.transformer.h, cache, strict=True):
+            x = block(x, layer_cache, pos, mask)
+        return self.lm_head(self.transformer.ln_f(x)[:, -1])
