@@ -296,6 +296,7 @@ class EvaluateRun:
     ema: bool = True  # the GPT's EMA weights when it has them
     device: str = "auto"
     batch_size: int = 256  # images reconstructed / sequences sampled at once
+    cache_dir: str | None = None  # stage=gpt: the token cache of the test split; None = train_gpt.py's default
     out_dir: str = "."
 
 

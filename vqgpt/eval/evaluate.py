@@ -174,7 +174,7 @@ def token_metrics(run: EvaluateRun, models: Models, device: torch.device) -> dic
     from vqgpt.data.token_cache import TokenDataset, prepare_token_cache
     from vqgpt.train.gpt import evaluate
 
-    cache, _ = prepare_token_cache(run.checkpoint_vae, None, None, device=device)
+    cache, _ = prepare_token_cache(run.checkpoint_vae, None, run.cache_dir, device=device)
     loader = DataLoader(TokenDataset(cache, "test"), batch_size=run.batch_size)
     loss = evaluate(models.gpt, loader, device, models.gpt.config.num_classes > 0)
     t = models.tokenizer
