@@ -9,6 +9,8 @@ fp32), plain sampling (temperature 1, no top-k/top-p). The cases:
     vqgpt      vqgpt.generate.sampling.generate: one prefill, then one cached token a step
     compiled   the same with compile=True (`sampling.compile`): the static-shape decode step through
                torch.compile (its compile time falls in the untimed warm-up run)
+    cfg        vqgpt with classifier-free guidance (cfg_scale=2) on a class-conditional twin (10 classes, same
+               weights): twice the sequences, so it should cost at most twice `vqgpt`
     reforward  generate_nocache: the whole sequence again for every token (the seeds' loop; the test oracle)
     hf         transformers' GPT2LMHeadModel.generate(use_cache=True, do_sample=True) with vqgpt's weights copied
                in; the start token goes in as `inputs_embeds`, so both models see the same numbers
@@ -19,6 +21,7 @@ must give the same tokens. The cases take turns run by run, in one process, one 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -123,6 +126,8 @@ def main() -> None:
     if agreement["max_abs_logit_diff"] > 1e-3:
         sys.exit("error: the two models' logits differ; the weight copy is wrong, nothing was timed")
     model, hf = model.to(device), hf.to(device)
+    conditional = GPT(dataclasses.replace(model.config, num_classes=10)).to(device).eval()
+    conditional.load_state_dict({**model.state_dict(), "transformer.wce.weight": conditional.transformer.wce.weight})
 
     rows = []
     for batch in args.batches:
@@ -130,6 +135,7 @@ def main() -> None:
                  "hf": lambda b=batch: hf_generate(model, hf, b)}
         if args.compile:
             cases["compiled"] = lambda b=batch: generate(model, b, seed=0, compile=True)
+        cases["cfg"] = lambda b=batch: generate(conditional, b, cond=0, cfg_scale=2.0, seed=0)
         if batch in args.reforward_batches:
             cases["reforward"] = lambda b=batch: generate_nocache(model, b, seed=0)
         times = interleaved(cases, args.runs, device)
@@ -143,15 +149,17 @@ def main() -> None:
               + "; vqgpt is " + ", ".join(f"{r:.2f}x {n}" for n, r in row["vqgpt_speedup_vs"].items()))
 
     lines = ["| batch | vqgpt tok/s | compiled tok/s | HF tok/s | re-forward tok/s | vqgpt vs HF | compiled vs HF "
-             "| vqgpt vs re-forward |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| vqgpt vs re-forward | cfg time |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         tps = row["tokens_per_second"]
         rate = {name: f"{tps[name]:.0f}" if name in tps else "-" for name in ("compiled", "reforward")}
         ratio = {name: f"{tps[name] / tps[base]:.2f}x" if name in tps and base in tps else "-"
                  for name, base in (("vqgpt", "hf"), ("compiled", "hf"))}
         vs_reforward = f"{tps['vqgpt'] / tps['reforward']:.1f}x" if "reforward" in tps else "-"
+        cfg_cost = row["median_seconds"]["cfg"] / row["median_seconds"]["vqgpt"]
         lines.append(f"| {row['batch']} | {tps['vqgpt']:.0f} | {rate['compiled']} | {tps['hf']:.0f} | "
-                     f"{rate['reforward']} | {ratio['vqgpt']} | {ratio['compiled']} | {vs_reforward} |")
+                     f"{rate['reforward']} | {ratio['vqgpt']} | {ratio['compiled']} | {vs_reforward} | "
+                     f"{cfg_cost:.2f}x |")
     table = "\n".join(lines)
     print("\n" + table)
     write_result(args.out, started, {
