@@ -21,7 +21,7 @@ from vqgpt.train.runtime import pick_device
 def main(run: SampleRun) -> None:
     torch.set_grad_enabled(False)
     models = load_models(run, pick_device(run.device))  # every check before anything is written
-    check_outputs(cli.resolve_out_dir(run.out_dir))
+    check_outputs(cli.resolve_out_dir(run.out_dir), run, models)
     out_dir, _ = cli.make_run_dir(run)
     for path in sample(run, models, out_dir):
         print(f"wrote {path}")

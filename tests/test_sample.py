@@ -167,9 +167,13 @@ def test_sampling_resumes_a_stopped_run_with_the_same_images(tiny_ckpts, tmp_pat
 def test_resuming_with_other_settings_is_refused(tiny_ckpts, tmp_path):
     run = _sample_run(tiny_ckpts, num_samples=1)
     pipeline.sample_grid(run, _models(run), tmp_path)
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
     other = _sample_run(tiny_ckpts, num_samples=1, top_k=4)
     with pytest.raises(pipeline.UserError, match="differs in: sampling"):
-        pipeline.sample_grid(other, _models(other), tmp_path)
+        pipeline.check_outputs(tmp_path, other, _models(other))  # what sample.py asks before writing anything
+    with pytest.raises(pipeline.UserError, match="differs in: sampling"):
+        pipeline.sample(other, _models(other), tmp_path)
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
 
 
 def test_one_class_gets_a_square_grid(tiny_ckpts, tmp_path):

@@ -120,15 +120,17 @@ def load_models(run: SampleRun, device: torch.device) -> Models:
     return models
 
 
-def check_outputs(out_dir: Path) -> None:
-    """Refuse, before anything is written, a run dir whose output names are taken by something else."""
+def check_outputs(out_dir: Path, run: SampleRun, models: Models) -> None:
+    """Refuse, before anything is written, a run dir whose output names are taken by something else, or
+    that holds images of other settings (check_resume)."""
     images = out_dir / "images"
     if images.exists() and not images.is_dir():
         raise UserError(f"{images} is a file, but sample.py writes one PNG per image into that folder; move it "
                         "away or pick another run dir (hydra.run.dir=...)")
-    for name in ("samples.png", "decoding.gif", "completion.png"):
+    for name in ("samples.png", "decoding.gif", "completion.png", MANIFEST):
         if (out_dir / name).is_dir():
             raise UserError(f"{out_dir / name} is a directory; move it away or pick another run dir")
+    check_resume(out_dir, sampling_manifest(run, planned_images(run, models)[2]))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -222,6 +224,15 @@ def image_names(labels: list[int] | None, num: int, class_names: list[str] | Non
     return names
 
 
+def planned_images(run: SampleRun, models: Models) -> tuple[int | None, list[int] | None, int]:
+    """What sample.py writes: (the one class asked for or None, every image's label or None when the GPT is
+    unconditional, the number of images)."""
+    s, num_classes = run.sampling, models.gpt.config.num_classes
+    label = resolve_class(s.class_label, models.class_names, num_classes)
+    labels = grid_labels(num_classes, s.num_samples, label)
+    return label, labels, len(labels) if labels else s.num_samples
+
+
 GRID_MAX = 16  # samples.png shows at most this many images per class row (at most GRID_MAX**2 in a square)
 MANIFEST = "samples.json"  # what images/ was sampled with; a rerun into the same run dir resumes from it
 
@@ -265,16 +276,14 @@ def sample_grid(run: SampleRun, models: Models, out_dir: Path) -> Path:
     run dir skips the batches whose images are all written and ends with the images an uninterrupted run
     makes; samples.json records the settings, and other settings are refused there."""
     s, num_classes = run.sampling, models.gpt.config.num_classes
-    label = resolve_class(s.class_label, models.class_names, num_classes)
-    labels = grid_labels(num_classes, s.num_samples, label)
-    num = len(labels) if labels else s.num_samples
+    label, labels, num = planned_images(run, models)
     names = image_names(labels, num, models.class_names)
     manifest = sampling_manifest(run, num)
     check_resume(out_dir, manifest)
     images_dir = out_dir / "images"
     images_dir.mkdir(exist_ok=True)
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    rows = 1 if not labels or label is not None or num_classes == 1 else num_classes
+    rows = 1 if labels is None or label is not None or num_classes == 1 else num_classes
     per_row = min(s.num_samples if rows > 1 else math.ceil(math.sqrt(num)), GRID_MAX)
     if rows > 1:  # the first per_row of each class
         shown = {i for i in range(num) if i % s.num_samples < per_row}
@@ -403,7 +412,7 @@ def completion_figure(run: SampleRun, models: Models, out_dir: Path) -> Path:
 
 def sample(run: SampleRun, models: Models, out_dir: Path) -> list[Path]:
     """Every output asked for; returns the paths written."""
-    check_outputs(out_dir)
+    check_outputs(out_dir, run, models)
     written = [sample_grid(run, models, out_dir)]
     if run.gif:
         written.append(decoding_gif(run, models, out_dir))
