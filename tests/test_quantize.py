@@ -309,6 +309,16 @@ def test_penalty_spreads_usage_on_a_collapsing_toy():
     assert spread["usage"] >= 2 * plain["usage"]
 
 
+def test_penalty_weight_decays_linearly_to_its_final_value():
+    q = make(penalty_weight=0.1, penalty_final=0.02, penalty_decay_steps=4).train()
+    weights = []
+    for _ in range(6):
+        weights.append(q._penalty_weight())
+        q(latents(q))
+    assert weights == pytest.approx([0.1, 0.08, 0.06, 0.04, 0.02, 0.02])
+    assert make(penalty_weight=0.1)._penalty_weight() == 0.1  # no schedule: fixed
+
+
 def test_fsq_indices_are_a_bijection_onto_the_grid():
     q = make(name="fsq", levels=[3, 4, 5], embedding_dim=3)  # no projection
     assert q.num_codewords == 60
@@ -338,6 +348,8 @@ def test_fsq_indices_are_a_bijection_onto_the_grid():
     (dict(random_proj=0), r"random_proj=0 is invalid"),
     (dict(restart_after=0), r"restart_after=0 is invalid"),
     (dict(kmeans_iters=0), r"kmeans_iters=0 is invalid"),
+    (dict(penalty_final=-0.1), r"penalty_final=-0.1 is invalid"),
+    (dict(penalty_final=0.02), r"penalty_decay_steps=0 is invalid: must be >= 1 when penalty_final is set"),
     (dict(pretrain_steps=-1), r"pretrain_steps=-1 is invalid"),
     (dict(beta=-0.1), r"beta=-0.1 is invalid"),
     (dict(penalty_weight=-1.0), r"penalty_weight=-1.0 is invalid"),

@@ -66,6 +66,8 @@ class VQConfig(QuantizerConfig):
     penalty_weight: float = 0.0  # batch-level codebook-usage (entropy) penalty; 0 = off
     penalty_sample_weight: float = 0.0  # adds this times the mean per-sample entropy (sharpens); 0 = off
     penalty_temperature: float = 1.0  # soft assignment = softmax(-squared distance / temperature)
+    penalty_final: float | None = None  # the penalty weight goes linearly to this by penalty_decay_steps; None = fixed
+    penalty_decay_steps: int = 0  # training steps of that decay (then it stays at penalty_final)
     beta: float = 0.25  # commitment weight
     decay: float | None = None  # None = codebook learned by the loss; else EMA decay in (0, 1)
     restart_after: int | None = None  # reseed codes unused for this many steps; None = off

@@ -145,7 +145,8 @@ class VectorQuantize(Quantizer):
                 dead = self._restart(x.detach())
         # EMA steps below update the codebook in place; the penalty's graph keeps this copy.
         codes = self._codes() if cfg.decay is None else self._codes().clone()  # (K, C)
-        with_penalty = quantizing and cfg.penalty_weight > 0
+        penalty_weight = self._penalty_weight()
+        with_penalty = quantizing and penalty_weight > 0
         with torch.set_grad_enabled(with_penalty and torch.is_grad_enabled()):
             dist_ = self._distances(x, codes)  # (N, K)
         indices = dist_.detach().argmin(-1)  # (N,)
@@ -165,7 +166,7 @@ class VectorQuantize(Quantizer):
         if cfg.decay is None:
             loss = loss + F.mse_loss(e, x.detach())  # codebook: codes move to their latents
         if with_penalty:
-            loss = loss + cfg.penalty_weight * self._penalty(dist_)
+            loss = loss + penalty_weight * self._penalty(dist_)
         if x.requires_grad:  # gradient estimator; the forward value is e either way
             e = rotate_to(x, e) if cfg.gradient == "rotation" else x + (e - x).detach()
         else:  # no encoder gradient to estimate; the codebook still learns only from the loss above
@@ -179,6 +180,15 @@ class VectorQuantize(Quantizer):
     def _tick(self) -> None:
         if self.training:
             self.step += 1
+
+    def _penalty_weight(self) -> float:
+        """The usage penalty's weight now: penalty_weight, or on its way to penalty_final (a strong push to use
+        every code early, a weaker one once codes are in use, so it costs less reconstruction late)."""
+        cfg = self.cfg
+        if cfg.penalty_final is None:
+            return cfg.penalty_weight
+        done = min(1.0, int(self.step) / cfg.penalty_decay_steps)
+        return cfg.penalty_weight + done * (cfg.penalty_final - cfg.penalty_weight)
 
     def _penalty(self, dist_: Tensor) -> Tensor:
         """Codebook-usage penalty on soft assignments p = softmax(-distance / T), (N, K): log K minus the
@@ -285,3 +295,7 @@ def check_vq_config(cfg: VQConfig) -> None:
     need(cfg.penalty_weight >= 0, "penalty_weight", "must be >= 0 (0 = off)")
     need(cfg.penalty_sample_weight >= 0, "penalty_sample_weight", "must be >= 0 (0 = off)")
     need(cfg.penalty_temperature > 0, "penalty_temperature", "must be > 0")
+    need(cfg.penalty_final is None or cfg.penalty_final >= 0, "penalty_final",
+         "must be >= 0, or null for a fixed weight")
+    need(cfg.penalty_final is None or cfg.penalty_decay_steps >= 1, "penalty_decay_steps",
+         "must be >= 1 when penalty_final is set (the steps the weight takes to get there)")
