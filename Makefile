@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -n auto  # one worker per core: the scripts' subprocess tests wait on imports
+	$(PY) -m pytest -n auto --durations=15  # one worker per core: the scripts' subprocess tests wait on imports; the 15 slowest listed
 
 demo: $(VENV)/.installed
 	$(PY) scripts/inspect_data.py dataset=fashionmnist_small hydra.run.dir=outputs/demo/data
