@@ -14,7 +14,7 @@ import math
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -43,6 +43,7 @@ class Models:
     class_names: list[str] | None
     data_config: dict | None  # the tokenizer's DatasetConfig, as saved; completion reads its test split
     classifier: nn.Module | None = None
+    hashes: dict[str, str] = field(default_factory=dict)  # checkpoint_hash of each checkpoint loaded, by run key
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -108,15 +109,17 @@ def load_models(run: SampleRun, device: torch.device) -> Models:
     check_pair(tok.model, gpt.model, run.checkpoint_vae, run.checkpoint_gpt)
     check_sample_run(run, gpt.model)
     resolve_class(run.sampling.class_label, gpt.meta.get("class_names"), gpt.model.config.num_classes)
+    hashes = {key: checkpoint_hash(getattr(run, key)) for key in ("checkpoint_vae", "checkpoint_gpt")}
     saved_hash = gpt.meta.get("tokenizer_hash")
-    if saved_hash and saved_hash != checkpoint_hash(run.checkpoint_vae):  # same shapes, other weights
+    if saved_hash and saved_hash != hashes["checkpoint_vae"]:  # same shapes, other weights
         print(f"warning: {run.checkpoint_gpt} was trained on codes of another tokenizer than {run.checkpoint_vae} "
               "(the weights differ); samples may be noise", file=sys.stderr)
-    models = Models(tok.model, gpt.model, gpt.meta.get("class_names"), tok.meta.get("data_config"))
+    models = Models(tok.model, gpt.model, gpt.meta.get("class_names"), tok.meta.get("data_config"), hashes=hashes)
     if run.checkpoint_classifier and (run.sampling.accept_n or 1) > 1:
         classifier = load_checkpoint(run.checkpoint_classifier, expected_stage="classifier", map_location=device)
         check_classifier(classifier.model, tok.model, gpt.model, run.checkpoint_classifier)
         models.classifier = classifier.model
+        hashes["checkpoint_classifier"] = checkpoint_hash(run.checkpoint_classifier)
     return models
 
 
@@ -130,7 +133,7 @@ def check_outputs(out_dir: Path, run: SampleRun, models: Models) -> None:
     for name in ("samples.png", "decoding.gif", "completion.png", MANIFEST):
         if (out_dir / name).is_dir():
             raise UserError(f"{out_dir / name} is a directory; move it away or pick another run dir")
-    check_resume(out_dir, sampling_manifest(run, planned_images(run, models)[2]))
+    check_resume(out_dir, sampling_manifest(run, models, planned_images(run, models)[2]))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -237,12 +240,10 @@ GRID_MAX = 16  # samples.png shows at most this many images per class row (at mo
 MANIFEST = "samples.json"  # what images/ was sampled with; a rerun into the same run dir resumes from it
 
 
-def sampling_manifest(run: SampleRun, num: int) -> dict:
+def sampling_manifest(run: SampleRun, models: Models, num: int) -> dict:
     """Everything that decides which images a sampling run writes: a rerun with the same manifest resumes."""
-    classifier = run.checkpoint_classifier and (run.sampling.accept_n or 1) > 1
-    return {"checkpoint_vae": checkpoint_hash(run.checkpoint_vae),
-            "checkpoint_gpt": checkpoint_hash(run.checkpoint_gpt), "ema": run.ema,
-            "checkpoint_classifier": checkpoint_hash(run.checkpoint_classifier) if classifier else None,
+    return {"checkpoint_vae": models.hashes["checkpoint_vae"], "checkpoint_gpt": models.hashes["checkpoint_gpt"],
+            "ema": run.ema, "checkpoint_classifier": models.hashes.get("checkpoint_classifier"),
             "sampling": dataclasses.asdict(run.sampling), "batch_size": run.batch_size, "num_images": num}
 
 
@@ -274,14 +275,14 @@ def sample_grid(run: SampleRun, models: Models, out_dir: Path) -> Path:
 
     Every batch has seeds of its own (image_batches), so a run stopped midway and started again into the same
     run dir skips the batches whose images are all written and ends with the images an uninterrupted run
-    makes; samples.json records the settings, and other settings are refused there."""
+    makes; samples.json records the settings, and check_outputs (which `sample` and sample.py call first)
+    refuses other settings there."""
     s, num_classes = run.sampling, models.gpt.config.num_classes
     label, labels, num = planned_images(run, models)
     names = image_names(labels, num, models.class_names)
-    manifest = sampling_manifest(run, num)
-    check_resume(out_dir, manifest)
     images_dir = out_dir / "images"
     images_dir.mkdir(exist_ok=True)
+    manifest = sampling_manifest(run, models, num)  # check_outputs refused other settings before anything ran
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     rows = 1 if labels is None or label is not None or num_classes == 1 else num_classes
     per_row = min(s.num_samples if rows > 1 else math.ceil(math.sqrt(num)), GRID_MAX)
