@@ -20,7 +20,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch import nn
 
-from vqgpt.config import CONFIG_DIR, TrainTokenizerRun, register_configs, to_object
+from vqgpt.config import CONFIG_DIR, GPTConfig, TrainTokenizerRun, register_configs, to_object
 from vqgpt.tokenizers.quantizers import Quantizer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,3 +165,17 @@ def quantizer_step_times() -> Iterator[list[float]]:
         yield stamps
     finally:
         handle.remove()
+
+
+def hf_gpt2(cfg: GPTConfig) -> nn.Module:
+    """The speed peer: transformers' GPT2LMHeadModel of a vqgpt GPT's size (exact GELU as ours, no dropout,
+    SDPA attention, vocabulary = the image tokens), freshly initialised."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(
+        vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
+        n_head=cfg.n_head, activation_function="gelu", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        layer_norm_epsilon=1e-5, tie_word_embeddings=cfg.tie_weights, bos_token_id=None, eos_token_id=None))
+    model.config._attn_implementation = "sdpa"
+    return model
+

@@ -28,7 +28,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import RESULTS_DIR, interleaved, median, now, package_version, write_result  # noqa: E402
+from bench_common import (  # noqa: E402
+    RESULTS_DIR,
+    hf_gpt2,
+    interleaved,
+    median,
+    now,
+    package_version,
+    write_result,
+)
 
 from vqgpt.config import GPTConfig  # noqa: E402
 from vqgpt.generate.sampling import generate, generate_nocache  # noqa: E402
@@ -37,15 +45,8 @@ from vqgpt.models.gpt import GPT  # noqa: E402
 
 def hf_twin(model: GPT):
     """transformers' GPT-2 of the same size holding `model`'s weights (vocab = the image tokens only)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     cfg = model.config
-    hf_cfg = GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd,
-                        n_layer=cfg.n_layer, n_head=cfg.n_head, activation_function="gelu",  # exact GELU, as ours
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5,
-                        tie_word_embeddings=cfg.tie_weights, bos_token_id=None, eos_token_id=None)
-    hf = GPT2LMHeadModel(hf_cfg)
-    hf.config._attn_implementation = "sdpa"
+    hf = hf_gpt2(cfg)
     ours = model.state_dict()
     new = {"transformer.wte.weight": ours["transformer.wte.weight"],
            "transformer.wpe.weight": ours["transformer.wpe.weight"],

@@ -26,7 +26,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import RESULTS_DIR, interleaved, median, now, package_version, peak_memory_mib, write_result  # noqa: E402, I001
+from bench_common import (  # noqa: E402
+    RESULTS_DIR,
+    hf_gpt2,
+    interleaved,
+    median,
+    now,
+    package_version,
+    peak_memory_mib,
+    write_result,
+)
 
 from vqgpt.config import GPTConfig  # noqa: E402
 from vqgpt.models.gpt import GPT  # noqa: E402
@@ -49,13 +58,7 @@ def build(case: str, args: argparse.Namespace, device: torch.device):
         def loss() -> torch.Tensor:
             return model(tokens, targets=tokens)[1]
     else:
-        from transformers import GPT2Config, GPT2LMHeadModel
-
-        model = GPT2LMHeadModel(GPT2Config(
-            vocab_size=args.vocab, n_positions=args.tokens, n_embd=args.width, n_layer=args.layers,
-            n_head=args.heads, activation_function="gelu", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-            bos_token_id=None, eos_token_id=None)).to(device).train()
-        model.config._attn_implementation = "sdpa"
+        model = hf_gpt2(cfg).to(device).train()
         opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY)
 
         def loss() -> torch.Tensor:
