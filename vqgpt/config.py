@@ -131,6 +131,31 @@ class VQGANConfig(TokenizerConfig):
 
 
 @dataclass
+class PixelConfig(TokenizerConfig):
+    """Image GPT's tokens (Chen et al. 2020): every pixel is one token, the index of its nearest palette colour."""
+
+    name: str = "pixel"
+    # uniform: evenly spaced levels per channel (RGB: num_colors must be a cube, 8 = 2 per channel, 512 = 8) |
+    # kmeans: colours fitted to the train split's pixels | auto: uniform for grayscale, kmeans for RGB
+    palette: str = "auto"
+    num_colors: int | None = None  # K, the GPT's vocabulary; None = 16 for grayscale (4 bits), 512 for RGB (iGPT)
+    fit_pixels: int = 200000  # kmeans: pixels drawn from the train split to fit the palette
+    kmeans_iters: int = 30  # kmeans: Lloyd iterations
+
+
+@dataclass
+class PatchConfig(TokenizerConfig):
+    """Continuous tokens: an image cut into patch_size x patch_size patches, each one vector (PatchGPT)."""
+
+    name: str = "patch"
+    patch_size: int = 4  # P: the GPT sees (image_size / P) ** 2 tokens of P * P * channels numbers
+
+
+TOKENIZER_CONFIGS: dict[str, type[TokenizerConfig]] = {"vqgan": VQGANConfig, "pixel": PixelConfig,
+                                                        "patch": PatchConfig}
+
+
+@dataclass
 class GPTConfig:
     """Decoder-only transformer over token grids; vocab and block size come from the tokenizer."""
 
@@ -239,7 +264,7 @@ class TrainTokenizerRun:
     """`scripts/train_tokenizer.py`."""
 
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    tokenizer: Any = field(default_factory=VQGANConfig, metadata={"choices": {"vqgan": VQGANConfig}})
+    tokenizer: Any = field(default_factory=VQGANConfig, metadata={"choices": TOKENIZER_CONFIGS})
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     out_dir: str = "."  # relative paths land in Hydra's run dir
@@ -338,7 +363,7 @@ SCHEMAS = {
 # One schema per implementation: a group file starts with `defaults: [<name>_schema, _self_]`, so a key of
 # another implementation (fsq's `levels` under a vq quantizer) fails when the config is composed.
 GROUP_SCHEMAS = {
-    "tokenizer": {"vqgan_schema": VQGANConfig},
+    "tokenizer": {f"{name}_schema": cls for name, cls in TOKENIZER_CONFIGS.items()},
     "tokenizer/quantizer": {f"{name}_schema": cls for name, cls in QUANTIZER_CONFIGS.items()},
 }
 

@@ -21,6 +21,8 @@ from vqgpt.errors import UserError
 # Where vqgpt's own architectures live (imported when a checkpoint names one).
 BUILTIN_ARCHS = {
     "vqgan": "vqgpt.tokenizers.vqgan.model",
+    "pixel": "vqgpt.tokenizers.palette",
+    "patch": "vqgpt.tokenizers.patch",
     "gpt": "vqgpt.models.gpt",
     "classifier": "vqgpt.models.classifier",
 }

@@ -1,5 +1,6 @@
-"""Stage 1: train a tokenizer, then evaluate it on the test split. One task per tokenizer implementation:
-`TASKS[type(run.tokenizer)]` (the VQ-GAN's is below; a pixel palette would fit k-means here).
+"""Stage 1: train a tokenizer, then evaluate it on the test split. One task per tokenizer implementation,
+`TASKS[type(run.tokenizer)]`: the VQ-GAN trains on the engine; the pixel palette is fitted by k-means (seconds)
+and the patch tokenizer has nothing to learn, so both are saved, drawn and evaluated at once.
 
     results = train_tokenizer(run, out_dir, config)     # run: TrainTokenizerRun
 
@@ -10,6 +11,8 @@ checkpoints/last (the tokenizer checkpoint the GPT stage reads) and eval.json.
 from __future__ import annotations
 
 import dataclasses
+import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,28 +20,33 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from vqgpt.config import TrainTokenizerRun, VQGANConfig
+from vqgpt.checkpoint import save_checkpoint
+from vqgpt.config import PatchConfig, PixelConfig, TrainTokenizerRun, VQGANConfig
 from vqgpt.data import build_dataset, dataset_info
 from vqgpt.errors import UserError
 from vqgpt.eval.fid import FID
 from vqgpt.eval.lpips import build_lpips
 from vqgpt.eval.metrics import CodebookStats, lpips_distance, psnr, ssim
 from vqgpt.images import save_grid
+from vqgpt.tokenizers import Tokenizer
+from vqgpt.tokenizers.palette import PixelTokenizer, fit_palette, resolve_pixel_config
+from vqgpt.tokenizers.patch import PatchTokenizer
 from vqgpt.tokenizers.vqgan.discriminator import build_discriminator
 from vqgpt.tokenizers.vqgan.losses import LPIPS_MIN_SIZE, VQGANLoss
 from vqgpt.tokenizers.vqgan.model import VQGAN
 from vqgpt.train.engine import Engine
 from vqgpt.train.loggers import progress
+from vqgpt.train.runtime import pick_device
 
 
 @torch.no_grad()
-def evaluate(model: VQGAN, dataset: Dataset, lpips_net: torch.nn.Module | None, device: torch.device,
+def evaluate(model: Tokenizer, dataset: Dataset, lpips_net: torch.nn.Module | None, device: torch.device,
              batch_size: int, num_workers: int = 0, fid: FID | None = None) -> dict[str, float | None]:
     """Reconstruct the whole split through the codes: PSNR, SSIM, LPIPS, codebook usage and perplexity
     (and rFID when `fid` holds the split's reference statistics)."""
     was_training = model.training
     model.eval()
-    stats = CodebookStats(model.codebook_size)
+    stats = CodebookStats(model.codebook_size) if model.is_discrete else None
     totals = {"psnr": 0.0, "ssim": 0.0, "lpips": 0.0}
     count = 0
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
@@ -46,7 +54,8 @@ def evaluate(model: VQGAN, dataset: Dataset, lpips_net: torch.nn.Module | None, 
         x = x.to(device)
         indices = model.tokenize(x)
         x_rec = model.decode_tokens(indices)
-        stats.update(indices)
+        if stats is not None:
+            stats.update(indices)
         totals["psnr"] += psnr(x, x_rec).sum().item()
         totals["ssim"] += ssim(x, x_rec).sum().item()
         if lpips_net is not None:
@@ -58,18 +67,19 @@ def evaluate(model: VQGAN, dataset: Dataset, lpips_net: torch.nn.Module | None, 
     results: dict[str, float | None] = {k: v / count for k, v in totals.items()}
     if lpips_net is None:
         results["lpips"] = None
-    return {**results, **stats.compute(), "num_images": count}
+    return {**results, **(stats.compute() if stats is not None else {}), "num_images": count}
 
 
-def eval_lpips(run: TrainTokenizerRun, criterion: VQGANLoss) -> torch.nn.Module | None:
+def eval_lpips(run: TrainTokenizerRun, perceptual: torch.nn.Module | None = None,
+               weights: str | None = None) -> torch.nn.Module | None:
     """The training LPIPS net, or a fresh one for evaluation; None (reported as such) when it cannot run."""
-    if criterion.perceptual is not None:
-        return criterion.perceptual
+    if perceptual is not None:
+        return perceptual
     if run.dataset.image_size < LPIPS_MIN_SIZE:
         print(f"eval: LPIPS skipped, images are smaller than {LPIPS_MIN_SIZE} px")
         return None
     try:
-        return build_lpips(run.tokenizer.loss.lpips_weights)
+        return build_lpips(weights)
     except UserError as e:
         print(f"eval: LPIPS skipped: {e}")
         return None
@@ -115,7 +125,7 @@ class VQGANTask:
         self.net = engine.prepare(self.model, convnet=True, find_unused=pretraining)
         self.disc_net = engine.prepare(self.discriminator, convnet=True)
         self.fixed = torch.stack([self.test_set[i][0] for i in range(min(8, len(self.test_set)))]).to(device)
-        self.lpips_eval = eval_lpips(run, self.criterion) if engine.is_main else None
+        self.lpips_eval = eval_lpips(run, self.criterion.perceptual, loss.lpips_weights) if engine.is_main else None
         self.device, self.batch_size, self.num_workers = device, t.batch_size, t.num_workers
         # The full data config too, so the GPT stage tokenizes exactly the data this tokenizer saw.
         self.meta = dataset_info(run.dataset, self.train_set)
@@ -149,17 +159,20 @@ class VQGANTask:
         return evaluate(model, self.test_set, self.lpips_eval, self.device, self.batch_size, self.num_workers)
 
     def snapshot(self, model: VQGAN, step: int) -> Path:
-        """The fixed test images above their reconstructions."""
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            recon = model.decode_tokens(model.tokenize(self.fixed))
-        model.train(was_training)
-        return save_grid(torch.cat([self.fixed, recon]), self.out_dir / "reconstructions" / f"step_{step:07d}.png",
-                         nrow=self.fixed.shape[0])
+        return reconstruction_grid(model, self.fixed, self.out_dir / "reconstructions" / f"step_{step:07d}.png")
 
     def summary(self, results: dict[str, Any]) -> str:
         return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in results.items())
+
+
+@torch.no_grad()
+def reconstruction_grid(model: Tokenizer, images: torch.Tensor, path: Path) -> Path:
+    """A PNG of `images` above their reconstructions through the tokens."""
+    was_training = model.training
+    model.eval()
+    recon = model.decode_tokens(model.tokenize(images))
+    model.train(was_training)
+    return save_grid(torch.cat([images, recon]), path, nrow=images.shape[0])
 
 
 def train_vqgan(run: TrainTokenizerRun, out_dir: Path, config: dict) -> dict:
@@ -168,8 +181,43 @@ def train_vqgan(run: TrainTokenizerRun, out_dir: Path, config: dict) -> dict:
     return engine.fit(VQGANTask(run, engine))
 
 
+def fit_direct(run: TrainTokenizerRun, out_dir: Path, config: dict) -> dict:
+    """A tokenizer without gradient training: the pixel palette (k-means on the train split's pixels, or
+    uniform levels) or the patch cutter (nothing to fit). Saved as checkpoints/last at step 0, then evaluated on
+    the test split like a VQ-GAN (eval.json, reconstructions/step_0000000.png)."""
+    check_data_fits(run)
+    train_set, test_set = build_dataset(run.dataset, "train"), build_dataset(run.dataset, "test")
+    if isinstance(run.tokenizer, PixelConfig):
+        model = PixelTokenizer(resolve_pixel_config(run.tokenizer))
+        cfg = model.config
+        start = time.perf_counter()
+        fit_palette(model, train_set, run.trainer.seed)
+        print(f"{cfg.palette} palette of {cfg.num_colors} colours"
+              + (f", k-means on {cfg.fit_pixels} train pixels in {time.perf_counter() - start:.1f} s"
+                 if cfg.palette == "kmeans" else ""))
+    else:
+        model = PatchTokenizer(run.tokenizer)
+    h, w = model.latent_grid
+    print(f"{run.dataset.name}: {h}x{w} = {h * w} tokens per image"
+          + (f" of K={model.codebook_size}" if model.is_discrete else f" of {model.token_dim} numbers"))
+    meta = dataset_info(run.dataset, train_set)
+    meta.update(model.checkpoint_meta(), data_config=dataclasses.asdict(run.dataset))
+    ckpt = save_checkpoint(out_dir / "checkpoints" / "last", model, stage="tokenizer", arch=model.config.name,
+                           meta=meta, step=0)
+    device = pick_device(run.trainer.device)
+    model = model.to(device).eval()
+    fixed = torch.stack([test_set[i][0] for i in range(min(8, len(test_set)))]).to(device)
+    reconstruction_grid(model, fixed, out_dir / "reconstructions" / "step_0000000.png")
+    results = evaluate(model, test_set, eval_lpips(run), device, run.trainer.batch_size, run.trainer.num_workers)
+    (out_dir / "eval.json").write_text(json.dumps(results, indent=2))
+    print(f"test split: {', '.join(f'{k} {v:.4f}' if isinstance(v, float) else f'{k} {v}' for k, v in results.items())}")
+    print(f"checkpoint: {ckpt}")
+    return results
+
+
 # One training task per tokenizer schema; a new tokenizer adds its own.
-TASKS: dict[type, Callable[[TrainTokenizerRun, Path, dict], dict]] = {VQGANConfig: train_vqgan}
+TASKS: dict[type, Callable[[TrainTokenizerRun, Path, dict], dict]] = {
+    VQGANConfig: train_vqgan, PixelConfig: fit_direct, PatchConfig: fit_direct}
 
 
 def train_tokenizer(run: TrainTokenizerRun, out_dir: Path, config: dict) -> dict:
