@@ -162,7 +162,8 @@ class GPTConfig:
     name: str = "gpt"
     # Facts of the tokenizer, filled by train_gpt.py from its checkpoint before the model is built
     # (0 = not set yet); never typed in a YAML.
-    vocab_size: int = 0  # K, the tokenizer's codebook size
+    vocab_size: int = 0  # K, the tokenizer's codebook size (0 for continuous tokens)
+    token_dim: int = 0  # width of a continuous token (patch_size**2 * channels); 0 for index tokens
     block_size: int = 0  # T = h * w tokens per image: the transformer's context
     # None = the dataset's class count (class-conditional when it has more than one class);
     # 0 = unconditional (a learned start token) even on labelled data; N = one class token per label
@@ -174,6 +175,7 @@ class GPTConfig:
     bias: bool = False  # biases in Linear layers and LayerNorms (nanoGPT: False is a bit better and faster)
     tie_weights: bool = True  # the output head shares the token embedding matrix
     class_dropout: float = 0.1  # label dropout, so classifier-free guidance works
+    head: str = "gaussian"  # continuous tokens only: gaussian (mean and std per number, NLL) | mse (the mean)
 
 
 @dataclass

@@ -24,6 +24,7 @@ BUILTIN_ARCHS = {
     "pixel": "vqgpt.tokenizers.palette",
     "patch": "vqgpt.tokenizers.patch",
     "gpt": "vqgpt.models.gpt",
+    "patch_gpt": "vqgpt.models.patch_gpt",
     "classifier": "vqgpt.models.classifier",
 }
 

@@ -1,7 +1,7 @@
 """The token cache: a dataset tokenized once by a tokenizer checkpoint, read by GPT training.
 
     <cache_dir>/header.json          tokenizer hash, grid, K, splits, dataset facts
-    <cache_dir>/<split>_tokens.npy   (N, h*w) uint16/int32, memory-mapped on read
+    <cache_dir>/<split>_tokens.npy   (N, h*w) uint16/int32, or (N, h*w, D) float16 patches; memory-mapped
     <cache_dir>/<split>_labels.npy   (N,) int64
 
 GPT training reads only this (LlamaGen's "extract codes first"): the encoder never runs in its loop. The
@@ -34,8 +34,11 @@ HEADER = "header.json"
 FORMAT_VERSION = 2  # 2: the header records the data facts ("data")
 
 
-def cache_dtype(num_codewords: int) -> np.dtype:
-    """The smallest unsigned type that holds every index (uint16 up to K = 65536)."""
+def cache_dtype(num_codewords: int | None) -> np.dtype:
+    """The smallest unsigned type that holds every index (uint16 up to K = 65536); float16 for continuous
+    tokens (8-bit pixels in [-1, 1] survive it to within a tenth of a grey level)."""
+    if num_codewords is None:
+        return np.dtype(np.float16)
     return np.dtype(np.uint16) if num_codewords <= 2**16 else np.dtype(np.int32)
 
 
@@ -49,6 +52,7 @@ def build_token_cache(tokenizer_path: str | Path, data_cfg: DatasetConfig, cache
     tokenizer = load_checkpoint(tokenizer_path, expected_stage="tokenizer", map_location=device).model
     h, w = tokenizer.latent_grid
     dtype = cache_dtype(tokenizer.codebook_size)
+    row_shape = (h * w,) if tokenizer.is_discrete else (h * w, tokenizer.token_dim)
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_dir.with_name(f".{cache_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -59,7 +63,7 @@ def build_token_cache(tokenizer_path: str | Path, data_cfg: DatasetConfig, cache
         for split, dataset in datasets.items():
             flips = (False, True) if hflip_copies and split == "train" else (False,)
             n = len(dataset) * len(flips)
-            tokens = np.lib.format.open_memmap(tmp / f"{split}_tokens.npy", mode="w+", dtype=dtype, shape=(n, h * w))
+            tokens = np.lib.format.open_memmap(tmp / f"{split}_tokens.npy", mode="w+", dtype=dtype, shape=(n, *row_shape))
             labels = np.empty(n, dtype=np.int64)
             loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
             row = 0
@@ -68,7 +72,7 @@ def build_token_cache(tokenizer_path: str | Path, data_cfg: DatasetConfig, cache
                 for copy, flip in enumerate(flips):  # the flipped copy of item i is row i + len(dataset)
                     start = row + copy * len(dataset)
                     codes = tokenizer.tokenize(images.flip(-1) if flip else images)
-                    tokens[start:start + len(images)] = codes.reshape(len(images), -1).cpu().numpy()
+                    tokens[start:start + len(images)] = codes.reshape(len(images), *row_shape).cpu().numpy()
                     labels[start:start + len(images)] = y.numpy()
                 row += len(images)
             tokens.flush()
@@ -81,6 +85,7 @@ def build_token_cache(tokenizer_path: str | Path, data_cfg: DatasetConfig, cache
             "tokenizer_path": str(Path(tokenizer_path).resolve()),
             "grid": [h, w],
             "codebook_size": tokenizer.codebook_size,
+            "token_dim": tokenizer.token_dim,
             "dtype": dtype.name,
             "hflip_copies": hflip_copies,
             "splits": sizes,
@@ -139,7 +144,7 @@ def read_header(cache_dir: str | Path, tokenizer_path: str | Path | None = None,
 
 
 class TokenDataset(Dataset):
-    """One split of a token cache: (tokens (h*w,) long, label) pairs, memory-mapped."""
+    """One split of a token cache: (tokens (h*w,) long or patches (h*w, D) float, label) pairs, memory-mapped."""
 
     def __init__(self, cache_dir: str | Path, split: str):
         cache_dir = Path(cache_dir)
@@ -157,7 +162,8 @@ class TokenDataset(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return torch.from_numpy(self.tokens[i].astype(np.int64)), int(self.labels[i])
+        row = self.tokens[i]
+        return torch.from_numpy(row.astype(np.float32 if row.dtype == np.float16 else np.int64)), int(self.labels[i])
 
 
 def cache_key(tokenizer_hash: str, data_cfg: DatasetConfig, hflip_copies: bool) -> str:

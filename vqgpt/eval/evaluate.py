@@ -172,16 +172,13 @@ def sample_fid(models: Models, fid: FID, labels: torch.Tensor | None, num: int, 
 def token_metrics(run: EvaluateRun, models: Models, device: torch.device) -> dict[str, float]:
     """Test-split nats/token, bits/token and bits/dim (of the token stream per sub-pixel) from the token cache."""
     from vqgpt.data.token_cache import TokenDataset, prepare_token_cache
-    from vqgpt.train.gpt import evaluate
+    from vqgpt.train.gpt import evaluate, loss_metrics
 
     cache, _ = prepare_token_cache(run.checkpoint_vae, None, run.cache_dir, device=device)
     loader = DataLoader(TokenDataset(cache, "test"), batch_size=run.batch_size)
     loss = evaluate(models.gpt, loader, device, models.gpt.config.num_classes > 0)
     t = models.tokenizer
-    dims = t.channels * t.image_size * t.image_size
-    bits_per_token = loss / math.log(2)
-    return {"loss": loss, "bits_per_token": bits_per_token,
-            "bits_per_dim": bits_per_token * models.gpt.config.block_size / dims}
+    return loss_metrics(models.gpt, loss, t.channels * t.image_size * t.image_size)
 
 
 def evaluate_gpt(run: EvaluateRun, device: torch.device) -> dict[str, Any]:
@@ -230,14 +227,17 @@ def table(results: dict[str, Any]) -> str:
     if results["stage"] == "tokenizer":
         keys = ("rfid", "psnr", "ssim", "lpips", "usage", "perplexity")
         lines.append(" | ".join(f"{k:>10}" for k in (*keys, "images")))
-        lines.append(" | ".join(f"{_fmt(results[k], 4 if k in ('ssim', 'lpips', 'usage') else 2):>10}"
+        lines.append(" | ".join(f"{_fmt(results.get(k), 4 if k in ('ssim', 'lpips', 'usage') else 2):>10}"
                                 for k in keys) + f" | {results['num_images']:>10}")
         protocol = results["protocol"]
         lines.append(f"FID noise floor (two halves of {results['fid_noise_floor_size']} real images each): "
                      f"{results['fid_noise_floor']:.2f}")
     else:
-        lines.append(f"test: {results['loss']:.4f} nats/token, {results['bits_per_token']:.4f} bits/token, "
-                     f"{results['bits_per_dim']:.4f} bits/dim")
+        if "bits_per_dim" in results:
+            lines.append(f"test: {results['loss']:.4f} nats/token, {results['bits_per_token']:.4f} bits/token, "
+                         f"{results['bits_per_dim']:.4f} bits/dim")
+        else:  # a patch GPT
+            lines.append(f"test: loss {results['loss']:.4f} per number (Gaussian NLL or MSE: gpt.head)")
         header = ("cfg_scale", "FID", "IS", "class acc", "seconds")
         lines.append(" | ".join(f"{h:>10}" for h in header))
         for row in results["samples"]:

@@ -54,7 +54,13 @@ def check_pair(tokenizer: Tokenizer, gpt: nn.Module, vae_path: str, gpt_path: st
     """Refuse a GPT whose vocabulary or context does not fit the tokenizer's tokens, naming which, on one line."""
     h, w = tokenizer.latent_grid
     problems = []
-    if gpt.config.vocab_size != tokenizer.codebook_size:
+    if gpt.is_discrete != tokenizer.is_discrete:
+        problems.append(f"the GPT reads {'index' if gpt.is_discrete else 'continuous'} tokens but the tokenizer "
+                        f"makes {'index' if tokenizer.is_discrete else 'continuous'} ones")
+    elif not gpt.is_discrete and gpt.config.token_dim != tokenizer.token_dim:
+        problems.append(f"GPT token_dim={gpt.config.token_dim} but the tokenizer's patches have "
+                        f"{tokenizer.token_dim} numbers")
+    elif gpt.is_discrete and gpt.config.vocab_size != tokenizer.codebook_size:
         problems.append(f"GPT vocab_size={gpt.config.vocab_size} but the tokenizer has K={tokenizer.codebook_size} "
                         "codes")
     if gpt.config.block_size != h * w:
@@ -148,8 +154,9 @@ def sample_kwargs(s: SamplingConfig) -> dict:
 
 @torch.no_grad()
 def decode(tokenizer: Tokenizer, tokens: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Token sequences (B, h*w) or grids (B, h, w) -> images (B, C, H, W) in [-1, 1], in batches."""
-    grids = tokens.reshape(-1, *tokenizer.latent_grid)
+    """Token sequences (B, h*w) or grids (B, h, w) (patches: (B, h*w, D) or (B, h, w, D)) -> images
+    (B, C, H, W) in [-1, 1], in batches."""
+    grids = tokens.reshape(-1, *tokenizer.latent_grid, *([] if tokenizer.is_discrete else [tokenizer.token_dim]))
     return torch.cat([tokenizer.decode_tokens(chunk) for chunk in grids.split(batch_size)])
 
 
@@ -322,8 +329,9 @@ def decoding_frames(models: Models, cond: torch.Tensor | None, num: int, s: Samp
                     every: int) -> list[torch.Tensor]:
     """Token grids (num, T), one every `every` tokens and at the end: the tokens so far, the rest filled.
 
-    The rest is filled with the argmax of the latest logits (the model's best guess for the newest position):
-    a neutral, image-like background rather than the arbitrary code 0, and cheap (no extra forward passes).
+    The rest is filled with the model's best guess for the newest position (the argmax of the latest logits, or
+    a patch GPT's predicted mean): a neutral, image-like background rather than the arbitrary code 0, and cheap
+    (no extra forward passes).
     """
     block_size = models.gpt.config.block_size
     grids: list[torch.Tensor] = []
@@ -332,7 +340,8 @@ def decoding_frames(models: Models, cond: torch.Tensor | None, num: int, s: Samp
         done = step + 1
         if done % every and done != block_size:
             return
-        grid = logits.argmax(dim=-1, keepdim=True).expand(-1, block_size).clone()  # (B, T)
+        guess = logits.argmax(dim=-1) if models.gpt.is_discrete else models.gpt.mean(logits)  # (B,) or (B, D)
+        grid = guess[:, None].expand(-1, block_size, *guess.shape[1:]).clone()  # (B, T[, D])
         grid[:, :done] = tokens
         grids.append(grid)
 
@@ -372,14 +381,15 @@ def decoding_gif(run: SampleRun, models: Models, out_dir: Path) -> Path:
 
 
 def completion_prefix(tokens: torch.Tensor) -> torch.Tensor:
-    """Token grids (B, h, w) -> their top h // 2 rows in raster order (B, (h // 2) * w): the GPT's prefix."""
-    return tokens[:, : tokens.shape[1] // 2].flatten(1)
+    """Token grids (B, h, w[, D]) -> their top h // 2 rows in raster order (B, (h // 2) * w[, D]): the prefix."""
+    return tokens[:, : tokens.shape[1] // 2].flatten(1, 2)
 
 
 @torch.no_grad()
 def complete(models: Models, images: torch.Tensor, labels: torch.Tensor | None, num: int,
              s: SamplingConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Real token grids (B, h, w) of `images`, and `num` completions of each (B, num, h, w) from the top half."""
+    """Real token grids (B, h, w[, D]) of `images`, and `num` completions of each (B, num, h, w[, D]) from the
+    top half."""
     h, w = models.tokenizer.latent_grid
     if h < 2:
         raise UserError(f"completion needs a token grid at least 2 rows high; this tokenizer makes {h}x{w}")
@@ -387,7 +397,7 @@ def complete(models: Models, images: torch.Tensor, labels: torch.Tensor | None, 
     prefix = completion_prefix(real).repeat_interleave(num, dim=0)
     cond = None if labels is None else labels.repeat_interleave(num)
     tokens = generate(models.gpt, len(prefix), cond=cond, seed=s.seed, prefix=prefix, **sample_kwargs(s))
-    return real, tokens.view(len(images), num, h, w)
+    return real, tokens.view(len(images), num, h, w, *tokens.shape[2:])
 
 
 def completion_figure(run: SampleRun, models: Models, out_dir: Path) -> Path:

@@ -3,6 +3,9 @@
     tokens = generate(model, 16, cond=3, top_k=100, cfg_scale=2.0, seed=0)   # (16, T) with a KV cache
     tokens = generate_nocache(model, 16, cond=3, top_k=100, cfg_scale=2.0, seed=0)   # the same tokens
 
+A patch GPT (continuous tokens) goes through the same loops: tokens are then (16, T, D) floats, each drawn by
+`model.sample` from its predicted distribution; top_k and top_p (filters of a softmax) do not apply.
+
 `generate_nocache` recomputes the whole sequence for every token (nanoGPT's loop); it stays as the test
 oracle for the KV-cache path. Options follow one rule: `None` means off.
 """
@@ -24,7 +27,8 @@ from vqgpt.errors import UserError
 
 # callback(step, tokens_so_far, logits): after token `step` is drawn; tokens_so_far (B, step + 1) is a view
 # of the output (read it, don't write it); logits (B, V) are what the token was drawn from, guided but
-# before temperature and filtering, so softmax(logits) is the model's prediction for position `step`.
+# before temperature and filtering, so softmax(logits) is the model's prediction for position `step`
+# (a patch GPT: its output (B, 2D or D), whose `model.mean` is the predicted patch).
 Callback = Callable[[int, torch.Tensor, torch.Tensor], None]
 
 
@@ -36,7 +40,11 @@ def check_sampling_args(
     cfg_scale: float | None = None,
     num_classes: int | None = None,
 ) -> None:
-    """Refuse sampling options that cannot work, naming the key and the fix; num_classes None = unknown."""
+    """Refuse sampling options that cannot work, naming the key and the fix; num_classes None = unknown;
+    vocab_size 0 = a GPT of continuous tokens."""
+    if vocab_size == 0 and (top_k is not None or top_p is not None):
+        raise UserError("sampling.top_k and sampling.top_p filter a softmax over tokens, and this GPT predicts "
+                        "continuous patches; set them to null (sampling.temperature scales its noise)")
     if not (isinstance(temperature, numbers.Real) and 0 < temperature < math.inf):
         raise UserError(f"sampling.temperature={temperature} must be > 0 (1 = the model's distribution, "
                         "near 0 = nearly greedy)")
@@ -123,7 +131,7 @@ def sample_next(
 class _Run:
     """What both loops need, checked: the output buffer and what the model is fed."""
 
-    tokens: torch.Tensor  # (B, T) long: the prefix, then positions still to sample
+    tokens: torch.Tensor  # (B, T) long (or (B, T, D) float patches): the prefix, then positions still to sample
     start: int  # P, the first position to sample
     cond: torch.Tensor | None  # (B,) labels, or (2B,) [labels; null class] with guidance, or None
     copies: int  # 2 with guidance: the batch runs conditional and unconditional at once
@@ -154,20 +162,36 @@ def _prepare(model: nn.Module, num_samples: int, cond: torch.Tensor | int | None
             raise UserError("sampling.cfg_scale needs class labels to guide towards; pass a class, or set "
                             "sampling.cfg_scale=null")
         cond = torch.cat([cond, torch.full_like(cond, model.null_class)])
-    tokens = torch.zeros(batch, block_size, dtype=torch.long, device=device)
+    token_shape = () if model.is_discrete else (config.token_dim,)
+    tokens = torch.zeros(batch, block_size, *token_shape, dtype=torch.long if model.is_discrete else torch.float,
+                         device=device)
     start = 0
     if prefix is not None:
         prefix = torch.as_tensor(prefix, device=device)
-        if prefix.ndim != 2 or prefix.size(0) != batch or prefix.size(1) >= block_size:
-            raise UserError(f"prefix has shape {tuple(prefix.shape)}; it must be (num_samples={batch}, P) "
+        if prefix.shape[2:] != token_shape or prefix.ndim < 2 or prefix.size(0) != batch \
+                or prefix.size(1) >= block_size:
+            raise UserError(f"prefix has shape {tuple(prefix.shape)}; it must be {(batch, 'P', *token_shape)} "
                             f"with P < {block_size} tokens per image")
-        if prefix.numel() and (prefix.min() < 0 or prefix.max() >= config.vocab_size):
+        if model.is_discrete and prefix.numel() and (prefix.min() < 0 or prefix.max() >= config.vocab_size):
             raise UserError(f"prefix tokens must be in 0..{config.vocab_size - 1}; were they made by another "
                             "tokenizer?")
         start = prefix.size(1)
         tokens[:, :start] = prefix
     generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
     return _Run(tokens, start, cond, 2 if cfg_scale is not None else 1, generator)
+
+
+def _draw(model: nn.Module, logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
+          generator: torch.Generator | None) -> torch.Tensor:
+    """The next token (B,) of guided logits (B, V), or the next patch (B, D) of a patch GPT's output."""
+    if model.is_discrete:
+        return sample_next(logits, temperature, top_k, top_p, generator)
+    return model.sample(logits, temperature, generator)
+
+
+def _repeat(x: torch.Tensor, copies: int) -> torch.Tensor:
+    """x stacked `copies` times along the batch (the conditional and unconditional halves of guidance)."""
+    return x if copies == 1 else x.repeat(copies, *[1] * (x.dim() - 1))
 
 
 def _guide(logits: torch.Tensor, cfg_scale: float | None) -> torch.Tensor:
@@ -216,7 +240,8 @@ def generate(
     callback: Callback | None = None,
     compile: bool = False,
 ) -> torch.Tensor:
-    """(num_samples, block_size) tokens, after `prefix` (B, P) if given; KV cache: one prefill, then a token a step.
+    """(num_samples, block_size) tokens (patches: (num_samples, block_size, D)), after `prefix` (B, P[, D]) if
+    given; KV cache: one prefill, then a token a step.
 
     cond: one class index or (B,) indices; None = unconditional (the null class on a conditional GPT).
     cfg_scale: classifier-free guidance, None = off; seed: a torch.Generator of its own, None = global RNG.
@@ -230,16 +255,16 @@ def generate(
     tokens, block_size = run.tokens, model.config.block_size
     with _eval_mode(model):
         cache = model.new_cache()
-        logits = model.prefill(run.cond, tokens[:, :run.start].repeat(run.copies, 1), cache)  # (B', V)
+        logits = model.prefill(run.cond, _repeat(tokens[:, :run.start], run.copies), cache)  # (B', V)
         if compile:
             pos = torch.full((1,), run.start, device=tokens.device)  # token t sits at position t + 1
         for t in range(run.start, block_size):
             logits = _guide(logits.float(), cfg_scale)  # (B, V)
-            tokens[:, t] = sample_next(logits, temperature, top_k, top_p, run.generator)
+            tokens[:, t] = _draw(model, logits, temperature, top_k, top_p, run.generator)
             if callback is not None:
                 callback(t, tokens[:, :t + 1], logits)
             if t + 1 < block_size:  # the last token is never fed back
-                token = tokens[:, t] if run.copies == 1 else tokens[:, t].repeat(run.copies)
+                token = _repeat(tokens[:, t], run.copies)
                 if compile:
                     pos += 1
                     logits = _compiled_decode()(model, token, pos, cache)
@@ -267,9 +292,9 @@ def generate_nocache(
     with _eval_mode(model):
         for t in range(run.start, model.config.block_size):
             # logits[:, t] sees tokens[:, :t] only, so slot t (not sampled yet) is never read.
-            logits = model(tokens[:, :t + 1].repeat(run.copies, 1), run.cond)[0][:, t]  # (B', V)
+            logits = model(_repeat(tokens[:, :t + 1], run.copies), run.cond)[0][:, t]  # (B', V)
             logits = _guide(logits.float(), cfg_scale)
-            tokens[:, t] = sample_next(logits, temperature, top_k, top_p, run.generator)
+            tokens[:, t] = _draw(model, logits, temperature, top_k, top_p, run.generator)
             if callback is not None:
                 callback(t, tokens[:, :t + 1], logits)
     return tokens

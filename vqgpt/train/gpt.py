@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
 from vqgpt.checkpoint import checkpoint_hash, dataclass_from_dict, load_checkpoint, read_meta
@@ -23,6 +24,7 @@ from vqgpt.data.token_cache import TokenDataset, prepare_token_cache
 from vqgpt.errors import UserError
 from vqgpt.generate.pipeline import sample_class_grid
 from vqgpt.models.gpt import GPT
+from vqgpt.models.patch_gpt import PatchGPT
 from vqgpt.train.engine import Engine
 
 TOKENIZER_RUNS = Path("outputs") / "train_tokenizer"  # where train_tokenizer.py puts its runs by default
@@ -41,6 +43,17 @@ def evaluate(model: GPT, loader: DataLoader, device: torch.device, conditional: 
         count += tokens.numel()
     model.train(was_training)
     return total / count
+
+
+def loss_metrics(gpt: nn.Module, loss: float, image_dims: int) -> dict[str, float]:
+    """A test loss with the units it is read in: nats/token, bits/token and bits/dim (bits per sub-pixel of the
+    token stream: the image's channels x height x width) for index tokens; a patch GPT's loss is per number
+    (its Gaussian NLL without the constant, or its MSE) and has no bits to count."""
+    if not gpt.is_discrete:
+        return {"loss": loss}
+    bits_per_token = loss / math.log(2)
+    return {"loss": loss, "bits_per_token": bits_per_token,
+            "bits_per_dim": bits_per_token * gpt.config.block_size / image_dims}
 
 
 def newest_tokenizer(runs: Path = TOKENIZER_RUNS) -> str:
@@ -64,14 +77,14 @@ def gpt_config(run: TrainGPTRun, header: dict, data_classes: int) -> GPTConfig:
     if num_classes and num_classes != data_classes:
         raise UserError(f"gpt.num_classes={num_classes} but the data has {data_classes} classes; set it to "
                         f"{data_classes}, to 0 (unconditional), or null (from the data)")
-    return dataclasses.replace(run.gpt, vocab_size=header["codebook_size"], block_size=h * w,
-                               num_classes=num_classes)
+    return dataclasses.replace(run.gpt, vocab_size=header["codebook_size"] or 0, token_dim=header.get("token_dim") or 0,
+                               block_size=h * w, num_classes=num_classes)
 
 
 class GPTTask:
     """Next-token prediction on the token cache: grad_accum micro-batches per step."""
 
-    stage, arch = "gpt", "gpt"
+    stage = "gpt"
 
     def __init__(self, run: TrainGPTRun, engine: Engine):
         t, device = run.trainer, engine.device
@@ -93,7 +106,8 @@ class GPTTask:
         engine.check_data(self.train_set)
         self.test_loader = DataLoader(self.test_set, batch_size=t.batch_size, num_workers=t.num_workers)
         self.config = gpt_config(run, header, header["data"]["num_classes"])
-        self.model = GPT(self.config).to(device)
+        self.arch = "gpt" if self.config.vocab_size else "patch_gpt"
+        self.model = (GPT if self.config.vocab_size else PatchGPT)(self.config).to(device)
         self.conditional = self.config.num_classes > 0
         self.net = engine.prepare(self.model)
         self.modules = {"model": self.model}
@@ -109,8 +123,10 @@ class GPTTask:
     def describe(self) -> str:
         h, w = self.meta["latent_grid"]
         n_params = sum(p.numel() for p in self.model.parameters())
+        tokens = f"K={self.config.vocab_size}" if self.model.is_discrete else f"patches of {self.config.token_dim}"
+        model = "GPT" if self.model.is_discrete else f"PatchGPT ({self.config.head} head)"
         return (f"{self.meta['dataset']}: {len(self.train_set)} train / {len(self.test_set)} test token grids of "
-                f"{h}x{w}, K={self.config.vocab_size}; GPT {n_params / 1e6:.2f}M params, "
+                f"{h}x{w}, {tokens}; {model} {n_params / 1e6:.2f}M params, "
                 f"{'class-conditional' if self.conditional else 'unconditional'}")
 
     def train_step(self, e: Engine, step: int) -> dict[str, Any]:
@@ -125,7 +141,8 @@ class GPTTask:
 
     def evaluate(self, model: GPT) -> dict[str, Any]:
         loss = evaluate(model, self.test_loader, self.device, self.conditional)
-        results: dict[str, Any] = {"loss": loss, "bits_per_token": loss / math.log(2)}
+        dims = self.meta["channels"] * self.meta["image_size"] ** 2
+        results: dict[str, Any] = loss_metrics(model, loss, dims)
         if self.fid_samples:
             results.update(self.sample_fid(model))
         return results
@@ -151,6 +168,9 @@ class GPTTask:
 
     def summary(self, results: dict[str, Any]) -> str:
         fid = f", FID-{self.fid_samples} {results['fid']:.2f}" if "fid" in results else ""
+        if not self.model.is_discrete:
+            unit = "MSE" if self.config.head == "mse" else "Gaussian NLL, nats/number"
+            return f"{results['loss']:.4f} ({unit}){fid}"
         return (f"{results['loss']:.4f} nats/token, {results['bits_per_token']:.4f} bits/token (uniform: "
                 f"{math.log(self.config.vocab_size):.4f} nats){fid}")
 
