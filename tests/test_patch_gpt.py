@@ -73,7 +73,8 @@ def test_gaussian_loss_is_the_nll_and_mse_the_squared_error():
     gpt = model("gaussian")
     out, loss = gpt(x, None, targets=x)
     mean, log_std = out[..., :D], out[..., D:].clamp(min=torch.log(torch.tensor(1 / 255)))
-    nll = torch.distributions.Normal(mean, log_std.exp()).log_prob(x).neg() - 0.5 * torch.log(torch.tensor(2 * torch.pi))
+    normal = torch.distributions.Normal(mean, log_std.exp())
+    nll = normal.log_prob(x).neg() - 0.5 * torch.log(torch.tensor(2 * torch.pi))
     assert torch.allclose(loss, nll.mean(), atol=1e-5)
     loss.backward()
     assert gpt.transformer.wte.weight.grad.abs().sum() > 0

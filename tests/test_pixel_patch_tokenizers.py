@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from conftest import compose_run
 
 from vqgpt.checkpoint import load_checkpoint
 from vqgpt.config import PatchConfig, PixelConfig
@@ -14,8 +15,6 @@ from vqgpt.errors import UserError
 from vqgpt.tokenizers.palette import PixelTokenizer, kmeans, resolve_pixel_config, uniform_palette
 from vqgpt.tokenizers.patch import PatchTokenizer
 from vqgpt.train.tokenizer import train_tokenizer
-
-from conftest import compose_run
 
 
 def pixel(**kw) -> PixelTokenizer:

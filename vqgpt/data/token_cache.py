@@ -63,7 +63,8 @@ def build_token_cache(tokenizer_path: str | Path, data_cfg: DatasetConfig, cache
         for split, dataset in datasets.items():
             flips = (False, True) if hflip_copies and split == "train" else (False,)
             n = len(dataset) * len(flips)
-            tokens = np.lib.format.open_memmap(tmp / f"{split}_tokens.npy", mode="w+", dtype=dtype, shape=(n, *row_shape))
+            tokens = np.lib.format.open_memmap(tmp / f"{split}_tokens.npy", mode="w+", dtype=dtype,
+                                               shape=(n, *row_shape))
             labels = np.empty(n, dtype=np.int64)
             loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
             row = 0

@@ -2,7 +2,7 @@
 (a VQ-GAN's codes or a pixel palette's colours; the shared core is vqgpt/models/transformer.py).
 
     model = GPT(cfg)                                  # cfg: GPTConfig, vocab/block/classes already filled
-    logits, loss = model(tokens, labels, targets=tokens)   # training: logits[:, i] predicts tokens[:, i]
+    logits, loss = model(tokens, labels, targets=tokens)   # training: logits[:, i] predicts tokens[:, i], CE
     cache = model.new_cache()                         # sampling (see vqgpt.generate.sampling.generate)
     logits = model.prefill(cond, prefix, cache)       # (B, V): the token after the prefix
     logits = model.decode_one(token, cache)           # (B, V): the token after that
@@ -37,14 +37,6 @@ class GPT(CausalTransformer):
     def output(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)
 
-    def forward(
-        self, idx: torch.Tensor, cond: torch.Tensor | None = None, targets: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (B, L, V), logits[:, i] predicting idx[:, i] from cond and idx[:, :i]; mean CE vs targets."""
-        self.check_length(idx.size(1))
-        x = self.embed_sequence(cond, idx[:, :-1])  # (B, L, C): the last token predicts nothing inside the block
-        logits = self.lm_head(self.hidden_states(x))  # (B, L, V)
-        loss = None
-        if targets is not None:  # nats per token; -1 marks tokens left out of the loss
-            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
-        return logits, loss
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy in nats per token; -1 marks tokens left out."""
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)

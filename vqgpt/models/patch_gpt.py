@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vqgpt.config import GPTConfig
@@ -52,23 +51,13 @@ class PatchGPT(CausalTransformer):
     def log_std(self, out: torch.Tensor) -> torch.Tensor:
         return out[..., self.config.token_dim:].clamp(MIN_LOG_STD, MAX_LOG_STD)
 
-    def forward(
-        self, patches: torch.Tensor, cond: torch.Tensor | None = None, targets: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Outputs (B, L, 2D or D), out[:, i] predicting patches[:, i] from cond and patches[:, :i]; with targets,
-        the mean Gaussian NLL (nats per number, the constant 0.5 log 2 pi left out) or the mean squared error."""
-        self.check_length(patches.size(1))
-        x = self.embed_sequence(cond, patches[:, :-1])  # (B, L, C)
-        out = self.head(self.hidden_states(x))  # (B, L, 2D or D)
-        loss = None
-        if targets is not None:
-            error = targets.float() - self.mean(out).float()
-            if self.config.head == "mse":
-                loss = error.square().mean()
-            else:
-                log_std = self.log_std(out).float()
-                loss = (0.5 * (error * torch.exp(-log_std)).square() + log_std).mean()
-        return out, loss
+    def loss(self, out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The mean Gaussian NLL (nats per number, the constant 0.5 log 2 pi left out), or the mean squared error."""
+        error = targets.float() - self.mean(out).float()
+        if self.config.head == "mse":
+            return error.square().mean()
+        log_std = self.log_std(out).float()
+        return (0.5 * (error * torch.exp(-log_std)).square() + log_std).mean()
 
     def sample(self, out: torch.Tensor, temperature: float = 1.0,
                generator: torch.Generator | None = None) -> torch.Tensor:

@@ -186,6 +186,20 @@ class CausalTransformer(nn.Module):
         distribution)."""
         raise NotImplementedError
 
+    def loss(self, out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The training loss of outputs (B, L, ...) against the tokens they predict (B, L[, D])."""
+        raise NotImplementedError
+
+    def forward(self, tokens: torch.Tensor, cond: torch.Tensor | None = None,
+                targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Outputs (B, L, ...), out[:, i] predicting tokens[:, i] from cond and tokens[:, :i]; the loss vs targets."""
+        if not 1 <= tokens.size(1) <= self.config.block_size:
+            raise ValueError(f"the input has {tokens.size(1)} tokens; the GPT takes 1 to "
+                             f"block_size={self.config.block_size}")
+        x = self.embed_sequence(cond, tokens[:, :-1])  # (B, L, C): the last token predicts nothing inside the block
+        out = self.output(self.hidden_states(x))
+        return out, None if targets is None else self.loss(out, targets)
+
     def init_weights(self) -> None:
         """GPT-2's initialisation: N(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layer) (each layer adds
         two of them)."""
@@ -243,10 +257,6 @@ class CausalTransformer(nn.Module):
         """[cond, tokens_0, ..., tokens_{L-1}] embedded: (B, 1 + L, C)."""
         cond_emb = self.transformer.wce(self.cond_index(cond, tokens.size(0)))  # (B, C)
         return torch.cat([cond_emb[:, None], self.transformer.wte(tokens)], dim=1)
-
-    def check_length(self, length: int) -> None:
-        if not 1 <= length <= self.config.block_size:
-            raise ValueError(f"the input has {length} tokens; the GPT takes 1 to block_size={self.config.block_size}")
 
     def new_cache(self) -> list[KVCache]:
         """An empty KV cache, one per layer, for one sequence of block_size positions per batch row."""

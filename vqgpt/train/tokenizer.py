@@ -162,7 +162,12 @@ class VQGANTask:
         return reconstruction_grid(model, self.fixed, self.out_dir / "reconstructions" / f"step_{step:07d}.png")
 
     def summary(self, results: dict[str, Any]) -> str:
-        return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in results.items())
+        return summarize(results)
+
+
+def summarize(results: dict[str, Any]) -> str:
+    """A tokenizer's test results on one line."""
+    return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in results.items())
 
 
 @torch.no_grad()
@@ -210,7 +215,7 @@ def fit_direct(run: TrainTokenizerRun, out_dir: Path, config: dict) -> dict:
     reconstruction_grid(model, fixed, out_dir / "reconstructions" / "step_0000000.png")
     results = evaluate(model, test_set, eval_lpips(run), device, run.trainer.batch_size, run.trainer.num_workers)
     (out_dir / "eval.json").write_text(json.dumps(results, indent=2))
-    print(f"test split: {', '.join(f'{k} {v:.4f}' if isinstance(v, float) else f'{k} {v}' for k, v in results.items())}")
+    print(f"test split: {summarize(results)}")
     print(f"checkpoint: {ckpt}")
     return results
 
