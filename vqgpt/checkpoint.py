@@ -54,6 +54,7 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
     "tokenizer": ("codebook_size", "latent_grid"),  # latent_grid: [h, w] tokens per image
     "gpt": ("vocab_size", "block_size"),
     "classifier": (),  # scores images of the common fields' size, channels and classes
+    "gpt_classifier": ("tokenizer_hash",),  # classifies the token grids of that tokenizer (classify.py)
 }
 WRITTEN_HERE = ("format_version", "stage", "arch", "step", "model_config", "weights_sha256", "versions")
 _FIX = "pass a checkpoint directory (config.json + model.safetensors) written by vqgpt"

@@ -192,6 +192,28 @@ class ClassifierConfig:
 
 
 @dataclass
+class GPTClassifierConfig:
+    """A GPT (or PatchGPT) with a linear class head on its average-pooled final features: iGPT's fine-tuning."""
+
+    name: str = "gpt_classifier"
+    gpt: GPTConfig = field(default_factory=GPTConfig)  # the pretrained GPT's own config
+    gpt_arch: str = "gpt"  # gpt | patch_gpt: which model `gpt` builds
+    num_classes: int = 10
+
+
+@dataclass
+class ProbeConfig:
+    """classify.py's linear probe (mode=probe): logistic regression on a GPT's average-pooled block outputs."""
+
+    layers: list[int] | None = None  # blocks to probe (0 = the embeddings, n_layer = the last); None = every one
+    train_images: int | None = None  # a random N of the train split (one forward pass each); None = all of it
+    test_images: int | None = None  # a random N of the test split; None = all of it
+    val_fraction: float = 0.1  # of the probe's train images, held out to pick the layer
+    weight_decay: float = 1.0e-4  # L2 penalty of the logistic regression
+    max_iter: int = 300  # its L-BFGS iterations
+
+
+@dataclass
 class TrainerConfig:
     """The plain training loop's knobs."""
 
@@ -342,6 +364,25 @@ class TrainClassifierRun:
 
 
 @dataclass
+class ClassifyRun:
+    """`scripts/classify.py`: classify images from a trained GPT's features (Image GPT's linear probe and
+    fine-tuning), on the labelled token cache of its tokenizer."""
+
+    checkpoint_gpt: str | None = None
+    checkpoint_vae: str | None = None  # None = the tokenizer the GPT checkpoint records
+    mode: str = "probe"  # probe (linear, frozen GPT) | finetune (the whole GPT + a linear head)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    gen_weight: float = 0.5  # finetune: loss = cross-entropy + gen_weight * the GPT's own loss (iGPT's joint loss)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)  # finetune's steps; probe reads device, seed
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    ema: bool = True  # start from the GPT's EMA weights when it has them
+    cache_dir: str | None = None  # the token cache; None = train_gpt.py's default for this tokenizer and data
+    batch_size: int = 256  # probe: sequences per forward pass
+    out_dir: str = "."
+    resume: str | None = None  # finetune
+
+
+@dataclass
 class InspectDataRun:
     """`scripts/inspect_data.py`: load a dataset, print what it holds, save a grid of its images."""
 
@@ -360,6 +401,7 @@ SCHEMAS = {
     "sample_schema": SampleRun,
     "evaluate_schema": EvaluateRun,
     "train_classifier_schema": TrainClassifierRun,
+    "classify_schema": ClassifyRun,
     "inspect_data_schema": InspectDataRun,
 }
 # One schema per implementation: a group file starts with `defaults: [<name>_schema, _self_]`, so a key of

@@ -26,6 +26,7 @@ BUILTIN_ARCHS = {
     "gpt": "vqgpt.models.gpt",
     "patch_gpt": "vqgpt.models.patch_gpt",
     "classifier": "vqgpt.models.classifier",
+    "gpt_classifier": "vqgpt.models.gpt_classifier",
 }
 
 M = TypeVar("M", bound=nn.Module)
