@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import compose_run
+from conftest import compose_run, one_error_line
 
 from vqgpt.checkpoint import load_checkpoint
 from vqgpt.config import PatchConfig, PixelConfig
@@ -101,3 +101,15 @@ def test_train_tokenizer_fits_saves_and_evaluates_without_training_steps(tmp_pat
         assert results["psnr"] > 15 and results["usage"] > 0.5
     else:
         assert results["psnr"] == 100.0 and "usage" not in results  # lossless (PSNR's 1e-10 floor)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (("dataset=patterns", "tokenizer=pixel", "tokenizer.palette=uniform", "tokenizer.num_colors=100"),
+     "tokenizer.num_colors=100: a uniform RGB palette has levels**3 colours"),
+    (("dataset=fashionmnist_small", "tokenizer=patch", "tokenizer.patch_size=5"),
+     "tokenizer.patch_size=5 must divide image_size=28"),
+])
+def test_bad_palette_or_patch_size_is_one_error_line(tmp_path, run_script, overrides, message):
+    out = run_script("train_tokenizer.py", *overrides, "trainer.device=cpu", cwd=tmp_path)
+    assert message in one_error_line(out)
+    assert not list(tmp_path.glob("outputs/**/checkpoints"))  # nothing saved

@@ -36,7 +36,7 @@ from vqgpt.tokenizers.vqgan.losses import LPIPS_MIN_SIZE, VQGANLoss
 from vqgpt.tokenizers.vqgan.model import VQGAN
 from vqgpt.train.engine import Engine
 from vqgpt.train.loggers import progress
-from vqgpt.train.runtime import pick_device
+from vqgpt.train.runtime import pick_device, set_threads
 
 
 @torch.no_grad()
@@ -191,17 +191,16 @@ def fit_direct(run: TrainTokenizerRun, out_dir: Path, config: dict) -> dict:
     uniform levels) or the patch cutter (nothing to fit). Saved as checkpoints/last at step 0, then evaluated on
     the test split like a VQ-GAN (eval.json, reconstructions/step_0000000.png)."""
     check_data_fits(run)
+    set_threads(run.trainer.num_threads)
+    pixel = isinstance(run.tokenizer, PixelConfig)
+    model = PixelTokenizer(resolve_pixel_config(run.tokenizer)) if pixel else PatchTokenizer(run.tokenizer)
     train_set, test_set = build_dataset(run.dataset, "train"), build_dataset(run.dataset, "test")
-    if isinstance(run.tokenizer, PixelConfig):
-        model = PixelTokenizer(resolve_pixel_config(run.tokenizer))
-        cfg = model.config
-        start = time.perf_counter()
+    if pixel:
+        cfg, start = model.config, time.perf_counter()
         fit_palette(model, train_set, run.trainer.seed)
         print(f"{cfg.palette} palette of {cfg.num_colors} colours"
               + (f", k-means on {cfg.fit_pixels} train pixels in {time.perf_counter() - start:.1f} s"
                  if cfg.palette == "kmeans" else ""))
-    else:
-        model = PatchTokenizer(run.tokenizer)
     h, w = model.latent_grid
     print(f"{run.dataset.name}: {h}x{w} = {h * w} tokens per image"
           + (f" of K={model.codebook_size}" if model.is_discrete else f" of {model.token_dim} numbers"))

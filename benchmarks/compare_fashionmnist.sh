@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# README's side-by-side: the three ways of writing images token by token on full Fashion-MNIST (32x32, padded;
+# apt-get install dataset-fashion-mnist), at equal GPT size and steps: VQ-GAN codes (8x8 of K=256), the Image GPT
+# pixel palette (32x32 of 16 greys) and continuous 4x4 patches (8x8 of 16 numbers; Gaussian head, and the MSE
+# head as a baseline). Each GPT: experiment=gpt_demo (4 layers x 128), unconditional, 500 steps of 16. Then per
+# GPT: test bits/dim and FID-2k (evaluate.py), a linear probe (classify.py) and sample.py's grid, GIF and
+# completion. benchmarks/compare_table.py turns it into benchmarks/results/compare_fashionmnist.json, the table
+# and docs/images/compare_fashionmnist.png.
+#   bash benchmarks/compare_fashionmnist.sh     # about 75 min on a 2-core CPU, most of it the pixel GPT
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-outputs/compare}
+PY=${PY:-.venv/bin/python}
+# The VQ-GAN of the quality table (benchmarks/quality_fashionmnist.sh); trained here when missing.
+VQ=${VQ:-outputs/quality_fashionmnist/tokenizer/checkpoints/last}
+DATA="dataset=fashionmnist dataset.image_size=32 dataset.resize=pad"
+GPT="experiment=gpt_demo gpt.num_classes=0 trainer.max_steps=500 trainer.batch_size=16 trainer.eval_every=1000
+  trainer.sample_and_save_freq=500 trainer.checkpoint_every=100"
+mkdir -p "$OUT"
+
+stage() {  # stage NAME COMMAND...: run it unless done, append its wall time
+  local name=$1 start
+  shift
+  grep -q "\"stage\": \"$name\"" "$OUT/times.jsonl" 2>/dev/null && return 0
+  start=$(date +%s)
+  "$@"
+  echo "{\"stage\": \"$name\", \"seconds\": $(($(date +%s) - start))}" >>"$OUT/times.jsonl"
+}
+
+[ -e "$VQ/config.json" ] || { $PY scripts/train_tokenizer.py experiment=tokenizer_fashionmnist_cpu \
+  hydra.run.dir="$OUT/vq_tokenizer"; VQ=$OUT/vq_tokenizer/checkpoints/last; }
+# shellcheck disable=SC2086  # $DATA and $GPT are lists of overrides
+stage pixel_tokenizer $PY scripts/train_tokenizer.py $DATA tokenizer=pixel hydra.run.dir="$OUT/pixel_tokenizer"
+# shellcheck disable=SC2086
+stage patch_tokenizer $PY scripts/train_tokenizer.py $DATA tokenizer=patch hydra.run.dir="$OUT/patch_tokenizer"
+for name in vq pixel patch patch_mse; do
+  case $name in
+    vq) vae=$VQ; extra="" ;;
+    patch_mse) vae=$OUT/patch_tokenizer/checkpoints/last; extra="gpt.head=mse" ;;
+    *) vae=$OUT/${name}_tokenizer/checkpoints/last; extra="" ;;
+  esac
+  # shellcheck disable=SC2086
+  stage ${name}_gpt $PY scripts/train_gpt.py $GPT $extra checkpoint_vae="$vae" hydra.run.dir="$OUT/${name}_gpt"
+  ckpt=$OUT/${name}_gpt/checkpoints/last
+  stage ${name}_eval $PY scripts/evaluate.py stage=gpt checkpoint_vae="$vae" checkpoint_gpt="$ckpt" \
+    fid.num_samples=2000 hydra.run.dir="$OUT/${name}_eval"
+  [ $name = patch_mse ] && continue  # the same features as patch: no second probe
+  stage ${name}_probe $PY scripts/classify.py checkpoint_gpt="$ckpt" checkpoint_vae="$vae" probe.train_images=5000 \
+    probe.test_images=2000 hydra.run.dir="$OUT/${name}_probe"
+  stage ${name}_sample $PY scripts/sample.py checkpoint_vae="$vae" checkpoint_gpt="$ckpt" sampling.num_samples=16 \
+    gif=true completion=true hydra.run.dir="$OUT/${name}_sample"
+done
+$PY benchmarks/compare_table.py "$OUT"

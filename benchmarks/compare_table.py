@@ -1,0 +1,115 @@
+"""The side-by-side table: benchmarks/compare_fashionmnist.sh's outputs -> JSON under benchmarks/results/, the
+markdown table, and the figures docs/images/compare_fashionmnist.png (samples) and pixel_completion.png.
+
+    python benchmarks/compare_table.py outputs/compare
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+from pathlib import Path
+
+import yaml
+from bench_common import git_state, machine
+from PIL import Image, ImageDraw
+
+from vqgpt.checkpoint import load_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS, IMAGES = ROOT / "benchmarks" / "results", ROOT / "docs" / "images"
+NAMES = {"vq": "VQ-GAN codes", "pixel": "pixel palette", "patch": "patches, Gaussian head",
+         "patch_mse": "patches, MSE head"}
+
+
+def read(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def build(out: Path) -> dict:
+    """One row per GPT, from its run dirs under `out`."""
+    times = {r["stage"]: r["seconds"] for r in map(json.loads, (out / "times.jsonl").read_text().splitlines())}
+    rows = {}
+    for name in NAMES:
+        ev = read(out / f"{name}_eval" / "eval.json")
+        if ev is None:
+            continue
+        gpt = load_checkpoint(out / f"{name}_gpt" / "checkpoints" / "last")
+        config = json.loads((out / f"{name}_gpt" / "checkpoints" / "last" / "config.json").read_text())
+        tok = read(Path(gpt.meta["tokenizer_path"]).parent.parent / "eval.json") or {}
+        trainer = yaml.safe_load((out / f"{name}_gpt" / "config.yaml").read_text())["trainer"]
+        steps, batch = gpt.meta["step"], trainer["batch_size"] * trainer["grad_accum"]
+        first = ev["samples"][0]
+        probe = read(out / f"{name}_probe" / "eval.json")
+        h, w = gpt.meta["latent_grid"]
+        rows[name] = {
+            "tokens": NAMES[name], "tokens_per_image": h * w,
+            "vocab_or_width": gpt.model.config.vocab_size or f"{gpt.model.config.token_dim} numbers",
+            "gpt_params": sum(p.numel() for p in gpt.model.parameters()),
+            "tokenizer_psnr": tok.get("psnr"), "test_loss": ev["loss"], "bits_per_dim": ev.get("bits_per_dim"),
+            "fid": first["fid"], "fid_protocol": first["protocol"], "fid_noise_floor": first["fid_noise_floor"],
+            "probe_accuracy": probe and probe["test_accuracy"], "probe_layer": probe and probe["layer"],
+            "probe_images": probe and [probe["train_images"], probe["test_images"]],
+            "train_seconds": times.get(f"{name}_gpt"), "train_ms_per_image": times.get(f"{name}_gpt", 0) * 1000 /
+            (steps * batch), "sample_ms_per_image": first["seconds"] * 1000 / first["protocol"]["num_samples"],
+            "gpt_config": config["model_config"],
+        }
+    return {"date": datetime.date.today().isoformat(), "machine": machine(), "git": git_state(),
+            "command": "bash benchmarks/compare_fashionmnist.sh", "rows": rows}
+
+
+def markdown(result: dict) -> str:
+    def f(value: float | None, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    lines = ["| tokens | per image | tokenizer PSNR | bits/dim | FID-2k | linear probe | train ms/image | "
+             "sample ms/image |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in result["rows"].values():
+        lines.append(f"| {row['tokens']} | {row['tokens_per_image']} | {f(row['tokenizer_psnr'], '.1f')} dB | "
+                     f"{f(row['bits_per_dim'], '.3f')} | {row['fid']:.1f} | {f(row['probe_accuracy'], '.1%')} | "
+                     f"{row['train_ms_per_image']:.1f} | {row['sample_ms_per_image']:.1f} |")
+    floor = next(iter(result["rows"].values()))["fid_noise_floor"]
+    cpu = f"{result['machine']['cpu_count']}-core {result['machine']['processor']}"
+    lines.append(f"\nFID noise floor at this N: {floor:.2f}. {result['machine'].get('gpu', cpu)}, {result['date']}.")
+    return "\n".join(lines)
+
+
+def figures(out: Path) -> list[Path]:
+    """The unconditional sample grids side by side under their names; the pixel GPT's completion figure."""
+    grids = [(NAMES[n], Image.open(out / f"{n}_sample" / "samples.png").convert("RGB"))
+             for n in ("vq", "pixel", "patch") if (out / f"{n}_sample" / "samples.png").exists()]
+    written = []
+    if grids:
+        scale, gap, title = 3, 12, 22
+        width = sum(g.width * scale for _, g in grids) + gap * (len(grids) - 1)
+        height = max(g.height * scale for _, g in grids) + title
+        sheet = Image.new("RGB", (width, height), "white")
+        draw, x = ImageDraw.Draw(sheet), 0
+        for name, grid in grids:
+            sheet.paste(grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST), (x, title))
+            draw.text((x + 4, 4), name, fill="black")
+            x += grid.width * scale + gap
+        sheet.save(IMAGES / "compare_fashionmnist.png")
+        written.append(IMAGES / "compare_fashionmnist.png")
+    completion = out / "pixel_sample" / "completion.png"
+    if completion.exists():
+        image = Image.open(completion)
+        image.resize((image.width * 3, image.height * 3), Image.NEAREST).save(IMAGES / "pixel_completion.png")
+        written.append(IMAGES / "pixel_completion.png")
+    return written
+
+
+def main() -> None:
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "outputs/compare")
+    result = build(out)
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / "compare_fashionmnist.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(markdown(result))
+    for written in [path, *figures(out)]:
+        print(f"wrote {written}")
+
+
+if __name__ == "__main__":
+    main()
