@@ -3,10 +3,10 @@
 # apt-get install dataset-fashion-mnist), at equal GPT size and steps: VQ-GAN codes (8x8 of K=256), the Image GPT
 # pixel palette (32x32 of 16 greys) and continuous 4x4 patches (8x8 of 16 numbers; Gaussian head, and the MSE
 # head as a baseline). Each GPT: experiment=gpt_demo (4 layers x 128), unconditional, 500 steps of 16. Then per
-# GPT: test bits/dim and FID-2k (evaluate.py), a linear probe (classify.py) and sample.py's grid, GIF and
-# completion. benchmarks/compare_table.py turns it into benchmarks/results/compare_fashionmnist.json, the table
+# GPT: test bits/dim and FID-2k (evaluate.py), a linear probe on 5,000/2,000 images and (VQ and pixel) 300 steps of
+# fine-tuning (classify.py), and sample.py's grid, GIF and completion. benchmarks/compare_table.py turns it into benchmarks/results/compare_fashionmnist.json, the table
 # and docs/images/compare_fashionmnist.png.
-#   bash benchmarks/compare_fashionmnist.sh     # about 75 min on a 2-core CPU, most of it the pixel GPT
+#   bash benchmarks/compare_fashionmnist.sh     # about 90 min on a 2-core CPU, most of it the pixel GPT
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-outputs/compare}
@@ -47,6 +47,8 @@ for name in vq pixel patch patch_mse; do
   [ $name = patch_mse ] && continue  # the same features as patch: no second probe
   stage ${name}_probe $PY scripts/classify.py checkpoint_gpt="$ckpt" checkpoint_vae="$vae" probe.train_images=5000 \
     probe.test_images=2000 hydra.run.dir="$OUT/${name}_probe"
+  [ $name = patch ] || stage ${name}_finetune $PY scripts/classify.py checkpoint_gpt="$ckpt" checkpoint_vae="$vae" \
+    mode=finetune trainer.max_steps=300 trainer.batch_size=16 trainer.num_threads=1 hydra.run.dir="$OUT/${name}_finetune"
   stage ${name}_sample $PY scripts/sample.py checkpoint_vae="$vae" checkpoint_gpt="$ckpt" sampling.num_samples=16 \
     gif=true completion=true hydra.run.dir="$OUT/${name}_sample"
 done

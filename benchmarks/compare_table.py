@@ -42,6 +42,7 @@ def build(out: Path) -> dict:
         steps, batch = gpt.meta["step"], trainer["batch_size"] * trainer["grad_accum"]
         first = ev["samples"][0]
         probe = read(out / f"{name}_probe" / "eval.json")
+        finetune = read(out / f"{name}_finetune" / "eval.json")
         h, w = gpt.meta["latent_grid"]
         rows[name] = {
             "tokens": NAMES[name], "tokens_per_image": h * w,
@@ -51,6 +52,7 @@ def build(out: Path) -> dict:
             "fid": first["fid"], "fid_protocol": first["protocol"], "fid_noise_floor": first["fid_noise_floor"],
             "probe_accuracy": probe and probe["test_accuracy"], "probe_layer": probe and probe["layer"],
             "probe_images": probe and [probe["train_images"], probe["test_images"]],
+            "finetune_accuracy": finetune and finetune["test_accuracy"],
             "train_seconds": times.get(f"{name}_gpt"), "train_ms_per_image": times.get(f"{name}_gpt", 0) * 1000 /
             (steps * batch), "sample_ms_per_image": first["seconds"] * 1000 / first["protocol"]["num_samples"],
             "gpt_config": config["model_config"],
@@ -63,11 +65,12 @@ def markdown(result: dict) -> str:
     def f(value: float | None, fmt: str) -> str:
         return "-" if value is None else format(value, fmt)
 
-    lines = ["| tokens | per image | tokenizer PSNR | bits/dim | FID-2k | linear probe | train ms/image | "
-             "sample ms/image |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| tokens | per image | tokenizer PSNR | bits/dim | FID-2k | linear probe | fine-tuned | train ms/image | "
+             "sample ms/image |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in result["rows"].values():
         lines.append(f"| {row['tokens']} | {row['tokens_per_image']} | {f(row['tokenizer_psnr'], '.1f')} dB | "
                      f"{f(row['bits_per_dim'], '.3f')} | {row['fid']:.1f} | {f(row['probe_accuracy'], '.1%')} | "
+                     f"{f(row['finetune_accuracy'], '.1%')} | "
                      f"{row['train_ms_per_image']:.1f} | {row['sample_ms_per_image']:.1f} |")
     floor = next(iter(result["rows"].values()))["fid_noise_floor"]
     cpu = f"{result['machine']['cpu_count']}-core {result['machine']['processor']}"
