@@ -173,7 +173,7 @@ class GPTConfig:
     n_embd: int = 256
     dropout: float = 0.0
     bias: bool = False  # biases in Linear layers and LayerNorms (nanoGPT: False is a bit better and faster)
-    tie_weights: bool = True  # the output head shares the token embedding matrix
+    tie_weights: bool = True  # the output head shares the token embedding matrix (index tokens only)
     class_dropout: float = 0.1  # label dropout, so classifier-free guidance works
     head: str = "gaussian"  # continuous tokens only: gaussian (mean and std per number, NLL) | mse (the mean)
 
