@@ -7,7 +7,9 @@ markdown table, and the figures docs/images/compare_fashionmnist.png (samples) a
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -44,23 +46,24 @@ def build(out: Path) -> dict:
         probe = read(out / f"{name}_probe" / "eval.json")
         finetune = read(out / f"{name}_finetune" / "eval.json")
         h, w = gpt.meta["latent_grid"]
-        # the training loop's own clock from its first logged step to its last (the stage's wall time also holds
-        # start-up, the token cache and the final test-split evaluation)
+        # the training loop's own clock: the median seconds per step between logged steps (robust to a burst of
+        # other work on the machine; the stage's wall time also holds start-up, the token cache and evaluation)
         logged = [row for row in map(json.loads, (out / f"{name}_gpt" / "metrics.jsonl").read_text().splitlines())
                   if "train/loss" in row]
-        train_seconds = logged[-1]["time"] - logged[0]["time"]
-        timed_images = (logged[-1]["step"] - logged[0]["step"]) * batch
+        step_seconds = statistics.median((b["time"] - a["time"]) / (b["step"] - a["step"])
+                                         for a, b in itertools.pairwise(logged))
         rows[name] = {
             "tokens": NAMES[name], "tokens_per_image": h * w,
             "vocab_or_width": gpt.model.config.vocab_size or f"{gpt.model.config.token_dim} numbers",
             "gpt_params": sum(p.numel() for p in gpt.model.parameters()),
             "tokenizer_psnr": tok.get("psnr"), "test_loss": ev["loss"], "bits_per_dim": ev.get("bits_per_dim"),
             "fid": first["fid"], "fid_protocol": first["protocol"], "fid_noise_floor": first["fid_noise_floor"],
+            "fid_noise_floor_size": first["fid_noise_floor_size"],
             "probe_accuracy": probe and probe["test_accuracy"], "probe_layer": probe and probe["layer"],
             "probe_images": probe and [probe["train_images"], probe["test_images"]],
             "finetune_accuracy": finetune and finetune["test_accuracy"],
-            "stage_seconds": times.get(f"{name}_gpt"), "train_seconds": train_seconds,
-            "train_ms_per_image": train_seconds * 1000 / timed_images,
+            "stage_seconds": times.get(f"{name}_gpt"), "train_seconds_per_step": step_seconds,
+            "train_ms_per_image": step_seconds * 1000 / batch,
             "sample_ms_per_image": first["seconds"] * 1000 / first["protocol"]["num_samples"],
             "gpt_config": config["model_config"],
         }
@@ -73,15 +76,17 @@ def markdown(result: dict) -> str:
         return "-" if value is None else format(value, fmt)
 
     lines = ["| tokens | per image | tokenizer PSNR | bits/dim | FID-2k | linear probe | fine-tuned | train ms/image | "
-             "sample ms/image |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "sample ms/image (with FID's Inception) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in result["rows"].values():
         lines.append(f"| {row['tokens']} | {row['tokens_per_image']} | {f(row['tokenizer_psnr'], '.1f')} dB | "
                      f"{f(row['bits_per_dim'], '.3f')} | {row['fid']:.1f} | {f(row['probe_accuracy'], '.1%')} | "
                      f"{f(row['finetune_accuracy'], '.1%')} | "
                      f"{row['train_ms_per_image']:.1f} | {row['sample_ms_per_image']:.1f} |")
-    floor = next(iter(result["rows"].values()))["fid_noise_floor"]
+    first = next(iter(result["rows"].values()))
     cpu = f"{result['machine']['cpu_count']}-core {result['machine']['processor']}"
-    lines.append(f"\nFID noise floor at this N: {floor:.2f}. {result['machine'].get('gpu', cpu)}, {result['date']}.")
+    lines.append(f"\nFID-2k: 2,000 unconditional samples against the 10,000 test images; its noise floor (FID between "
+                 f"two halves of the test set) is {first['fid_noise_floor']:.2f}. {result['machine'].get('gpu', cpu)}, "
+                 f"{result['date']}.")
     return "\n".join(lines)
 
 
