@@ -52,4 +52,8 @@ for name in vq pixel patch patch_mse; do
   stage ${name}_sample $PY scripts/sample.py checkpoint_vae="$vae" checkpoint_gpt="$ckpt" sampling.num_samples=16 \
     gif=true completion=true hydra.run.dir="$OUT/${name}_sample"
 done
+# the Gaussian head's noise at half its scale
+stage patch_t05_eval $PY scripts/evaluate.py stage=gpt checkpoint_vae="$OUT/patch_tokenizer/checkpoints/last" \
+  checkpoint_gpt="$OUT/patch_gpt/checkpoints/last" fid.num_samples=2000 sampling.temperature=0.5 \
+  hydra.run.dir="$OUT/patch_t05_eval"
 $PY benchmarks/compare_table.py "$OUT"

@@ -22,7 +22,8 @@ from vqgpt.checkpoint import load_checkpoint
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS, IMAGES = ROOT / "benchmarks" / "results", ROOT / "docs" / "images"
 NAMES = {"vq": "VQ-GAN codes", "pixel": "pixel palette", "patch": "patches, Gaussian head",
-         "patch_mse": "patches, MSE head"}
+         "patch_t05": "patches, Gaussian head, temperature 0.5", "patch_mse": "patches, MSE head"}
+GPT_RUN = {"patch_t05": "patch"}  # another evaluation of that run's GPT
 
 
 def read(path: Path) -> dict | None:
@@ -37,18 +38,19 @@ def build(out: Path) -> dict:
         ev = read(out / f"{name}_eval" / "eval.json")
         if ev is None:
             continue
-        gpt = load_checkpoint(out / f"{name}_gpt" / "checkpoints" / "last")
-        config = json.loads((out / f"{name}_gpt" / "checkpoints" / "last" / "config.json").read_text())
+        run = out / f"{GPT_RUN.get(name, name)}_gpt"
+        gpt = load_checkpoint(run / "checkpoints" / "last")
+        config = json.loads((run / "checkpoints" / "last" / "config.json").read_text())
         tok = read(Path(gpt.meta["tokenizer_path"]).parent.parent / "eval.json") or {}
-        trainer = yaml.safe_load((out / f"{name}_gpt" / "config.yaml").read_text())["trainer"]
+        trainer = yaml.safe_load((run / "config.yaml").read_text())["trainer"]
         batch = trainer["batch_size"] * trainer["grad_accum"]
         first = ev["samples"][0]
-        probe = read(out / f"{name}_probe" / "eval.json")
+        probe = read(out / f"{name}_probe" / "eval.json")  # none for another evaluation of the same GPT
         finetune = read(out / f"{name}_finetune" / "eval.json")
         h, w = gpt.meta["latent_grid"]
         # the training loop's own clock: the median seconds per step between logged steps (robust to a burst of
         # other work on the machine; the stage's wall time also holds start-up, the token cache and evaluation)
-        logged = [row for row in map(json.loads, (out / f"{name}_gpt" / "metrics.jsonl").read_text().splitlines())
+        logged = [row for row in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
                   if "train/loss" in row]
         step_seconds = statistics.median((b["time"] - a["time"]) / (b["step"] - a["step"])
                                          for a, b in itertools.pairwise(logged))
@@ -57,12 +59,13 @@ def build(out: Path) -> dict:
             "vocab_or_width": gpt.model.config.vocab_size or f"{gpt.model.config.token_dim} numbers",
             "gpt_params": sum(p.numel() for p in gpt.model.parameters()),
             "tokenizer_psnr": tok.get("psnr"), "test_loss": ev["loss"], "bits_per_dim": ev.get("bits_per_dim"),
+            "sampling": yaml.safe_load((out / f"{name}_eval" / "config.yaml").read_text())["sampling"],
             "fid": first["fid"], "fid_protocol": first["protocol"], "fid_noise_floor": first["fid_noise_floor"],
             "fid_noise_floor_size": first["fid_noise_floor_size"],
             "probe_accuracy": probe and probe["test_accuracy"], "probe_layer": probe and probe["layer"],
             "probe_images": probe and [probe["train_images"], probe["test_images"]],
             "finetune_accuracy": finetune and finetune["test_accuracy"],
-            "stage_seconds": times.get(f"{name}_gpt"), "train_seconds_per_step": step_seconds,
+            "stage_seconds": times.get(f"{GPT_RUN.get(name, name)}_gpt"), "train_seconds_per_step": step_seconds,
             "train_ms_per_image": step_seconds * 1000 / batch,
             "sample_ms_per_image": first["seconds"] * 1000 / first["protocol"]["num_samples"],
             "gpt_config": config["model_config"],
@@ -78,7 +81,8 @@ def markdown(result: dict) -> str:
     lines = ["| tokens | per image | tokenizer PSNR | bits/dim | FID-2k | linear probe | fine-tuned | train ms/image | "
              "sample ms/image (with FID's Inception) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in result["rows"].values():
-        lines.append(f"| {row['tokens']} | {row['tokens_per_image']} | {f(row['tokenizer_psnr'], '.1f')} dB | "
+        psnr = "lossless" if (row["tokenizer_psnr"] or 0) >= 100 else f"{f(row['tokenizer_psnr'], '.1f')} dB"
+        lines.append(f"| {row['tokens']} | {row['tokens_per_image']} | {psnr} | "
                      f"{f(row['bits_per_dim'], '.3f')} | {row['fid']:.1f} | {f(row['probe_accuracy'], '.1%')} | "
                      f"{f(row['finetune_accuracy'], '.1%')} | "
                      f"{row['train_ms_per_image']:.1f} | {row['sample_ms_per_image']:.1f} |")
