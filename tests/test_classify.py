@@ -82,5 +82,7 @@ def test_bad_requests_get_one_line(pixel_gpt, tmp_path, run_script):
     with pytest.raises(UserError, match="probe.layers=\\[5\\]: this GPT has blocks 0 \\(the embeddings\\) to 2"):
         classify(ClassifyRun(checkpoint_gpt=str(gpt), cache_dir=str(pixel_gpt / "cache"),
                              probe=ProbeConfig(layers=[5]), trainer=TrainerConfig(device="cpu")), tmp_path, {})
+    with pytest.raises(UserError, match="gen_weight=-1.0 must be >= 0"):
+        classify(ClassifyRun(checkpoint_gpt=str(gpt), mode="finetune", gen_weight=-1.0), tmp_path, {})
     out = run_script("classify.py", f"checkpoint_gpt={gpt}", "mode=linear", cwd=tmp_path)
     assert "mode='linear' is not one of probe, finetune" in one_error_line(out)

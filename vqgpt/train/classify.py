@@ -172,6 +172,8 @@ def classify(run: ClassifyRun, out_dir: Path, config: dict) -> dict[str, Any]:
     """The linear probe or fine-tuning of `run.checkpoint_gpt` on its tokenizer's labelled data; eval.json."""
     if run.mode not in MODES:
         raise UserError(f"mode={run.mode!r} is not one of {', '.join(MODES)}")
+    if run.gen_weight < 0:
+        raise UserError(f"gen_weight={run.gen_weight} must be >= 0 (0 = cross-entropy alone)")
     if not run.checkpoint_gpt:
         raise UserError("checkpoint_gpt is not set; pass checkpoint_gpt=<the GPT checkpoint directory>")
     gpt = load_checkpoint(run.checkpoint_gpt, expected_stage="gpt", ema=run.ema)
