@@ -172,7 +172,7 @@ class GPTTask:
             unit = "MSE" if self.config.head == "mse" else "Gaussian NLL, nats/number"
             return f"{results['loss']:.4f} ({unit}){fid}"
         return (f"{results['loss']:.4f} nats/token, {results['bits_per_token']:.4f} bits/token (uniform: "
-                f"{math.log(self.config.vocab_size):.4f} nats){fid}")
+                f"{math.log(self.config.vocab_size):.4f} nats), {results['bits_per_dim']:.4f} bits/dim{fid}")
 
 
 def train_gpt(run: TrainGPTRun, out_dir: Path, config: dict) -> dict:
