@@ -158,13 +158,14 @@ class TokenDataset(Dataset):
         if len(self.tokens) != len(self.labels):
             raise UserError(f"token cache {cache_dir}: {split} has {len(self.tokens)} token rows but "
                             f"{len(self.labels)} labels; delete {cache_dir} to rebuild it")
+        # what a row becomes: float32 patches from float16, int64 indices from the unsigned index types
+        self.row_dtype = np.float32 if self.tokens.dtype == np.float16 else np.int64
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        row = self.tokens[i]
-        return torch.from_numpy(row.astype(np.float32 if row.dtype == np.float16 else np.int64)), int(self.labels[i])
+        return torch.from_numpy(self.tokens[i].astype(self.row_dtype)), int(self.labels[i])
 
 
 def cache_key(tokenizer_hash: str, data_cfg: DatasetConfig, hflip_copies: bool) -> str:
