@@ -16,10 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqgpt.config import GPTConfig
-from vqgpt.models.transformer import CausalTransformer, check_gpt_config
+from vqgpt.models.transformer import CausalTransformer
 from vqgpt.registry import register_model
-
-__all__ = ["GPT", "check_gpt_config"]
 
 
 @register_model("gpt", GPTConfig)
@@ -27,8 +25,7 @@ class GPT(CausalTransformer):
     """The transformer core with a token embedding table in and logits over the vocabulary out."""
 
     def __init__(self, config: GPTConfig):
-        check_gpt_config(config)
-        super().__init__(config, nn.Embedding(config.vocab_size, config.n_embd))
+        super().__init__(config, lambda c: nn.Embedding(c.vocab_size, c.n_embd))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_weights:  # Press & Wolf 2017, "Using the Output Embedding to Improve Language Models"
             self.lm_head.weight = self.transformer.wte.weight

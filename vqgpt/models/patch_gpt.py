@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from vqgpt.config import GPTConfig
-from vqgpt.models.transformer import CausalTransformer, check_gpt_config
+from vqgpt.models.transformer import CausalTransformer
 from vqgpt.registry import register_model
 
 # The data are 8-bit images in [-1, 1]: a standard deviation below half a grey level (1/255) says nothing
@@ -34,8 +34,7 @@ class PatchGPT(CausalTransformer):
     """The transformer core with a linear patch embedding in and a Gaussian (or MSE) patch head out."""
 
     def __init__(self, config: GPTConfig):
-        check_gpt_config(config)
-        super().__init__(config, nn.Linear(config.token_dim, config.n_embd, bias=config.bias))
+        super().__init__(config, lambda c: nn.Linear(c.token_dim, c.n_embd, bias=c.bias))
         width = 2 * config.token_dim if config.head == "gaussian" else config.token_dim
         self.head = nn.Linear(config.n_embd, width, bias=True)
         self.init_weights()

@@ -13,6 +13,7 @@ comes out (`output`: logits over a codebook, or a patch's distribution):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -165,12 +166,13 @@ class CausalTransformer(nn.Module):
     predict [x_0,  x_1, x_2, ..., x_{T-1}]          T = block_size = h * w of the tokenizer's grid
     """
 
-    def __init__(self, config: GPTConfig, token_embedding: nn.Module):
+    def __init__(self, config: GPTConfig, token_embedding: Callable[[GPTConfig], nn.Module]):
+        """`token_embedding(config)` builds how a token goes in; it runs after the config is checked."""
         super().__init__()
         check_gpt_config(config)
         self.config = config
         self.transformer = nn.ModuleDict(dict(
-            wte=token_embedding,  # image tokens
+            wte=token_embedding(config),  # image tokens
             # One row per class plus a last "null" row: the unconditional token. It is the start token of an
             # unconditional model (num_classes = 0), and what label dropout and classifier-free guidance feed
             # a conditional one (Ho & Salimans 2022, "Classifier-Free Diffusion Guidance").
