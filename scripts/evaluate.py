@@ -19,8 +19,8 @@ from vqgpt.config import EvaluateRun
 
 @cli.main("evaluate")
 def main(run: EvaluateRun) -> None:
+    from vqgpt.device import pick_device
     from vqgpt.eval.evaluate import check_run, evaluate_gpt, evaluate_tokenizer, table
-    from vqgpt.train.runtime import pick_device
 
     check_run(run)
     torch.set_grad_enabled(False)

@@ -8,7 +8,7 @@ when the cache is missing).
 from vqgpt import cli
 from vqgpt.config import TrainGPTRun
 from vqgpt.data.token_cache import prepare_token_cache
-from vqgpt.train.runtime import pick_device
+from vqgpt.device import pick_device
 
 
 @cli.main("train_gpt")

@@ -13,8 +13,8 @@ import torch
 
 from vqgpt import cli
 from vqgpt.config import SampleRun
+from vqgpt.device import pick_device
 from vqgpt.generate.pipeline import check_outputs, load_models, sample
-from vqgpt.train.runtime import pick_device
 
 
 @cli.main("sample")

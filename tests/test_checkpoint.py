@@ -19,19 +19,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vqgpt import checkpoint
-from vqgpt.checkpoint import (
-    checkpoint_hash,
-    dataclass_from_dict,
-    load_checkpoint,
-    load_model,
-    load_train_state,
-    read_meta,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from vqgpt.checkpoint import checkpoint_hash, load_checkpoint, load_model, read_meta, save_checkpoint
+from vqgpt.config import dataclass_from_dict
 from vqgpt.errors import UserError
 from vqgpt.registry import register_model
+from vqgpt.train.state import load_train_state, rng_state, set_rng_state
 
 
 @dataclass

@@ -19,7 +19,7 @@ from vqgpt.checkpoint import WRITTEN_HERE, checkpoint_hash, load_checkpoint, sav
 from vqgpt.data import dataset_info
 from vqgpt.data.token_cache import prepare_token_cache
 from vqgpt.tokenizers.vqgan.model import VQGAN
-from vqgpt.train.runtime import resume_from
+from vqgpt.train.state import resume_from
 
 # A tiny VQ-GAN on 16 px patterns (as in test_scripts.py): a few steps on the CPU in seconds.
 TINY_TOKENIZER = ("dataset=patterns", "tokenizer/quantizer=vq", "dataset.image_size=16", "dataset.num_train=64",

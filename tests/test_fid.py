@@ -148,3 +148,28 @@ def test_inception_score_reuses_the_fid_pass(tmp_path, monkeypatch):
 def test_the_is_head_has_no_offline_source_and_says_how_to_get_it():
     with pytest.raises(UserError, match=r"no InceptionV3 \(2015-12-05\) classifier head for IS: .*allow the download"):
         load_weights("fid_inception_v3_logits")
+
+
+def test_reference_statistics_of_a_folder_follow_its_files(tmp_path, monkeypatch, capsys):
+    """Regression: the statistics were keyed on the data config only, so a folder's new images were never seen."""
+    from test_token_cache import write_folder
+
+    class Net:
+        weights_sha256 = "fake"
+
+    def mean_pixel_sums(inception, images, device):  # stands in for the Inception pass: the pixels decide
+        batch = torch.cat(list(images))
+        return {"features_sum": batch.mean((1, 2, 3)).double().sum().view(1),
+                "features_cov_sum": torch.zeros(1, 1, dtype=torch.float64),
+                "features_num_samples": torch.tensor(len(batch))}
+
+    monkeypatch.setattr(fid_module, "feature_sums", mean_pixel_sums)
+    write_folder(tmp_path / "imgs", 40)
+    cfg = DatasetConfig(name="folder", root=str(tmp_path / "imgs"), image_size=8, channels=3, num_classes=2)
+    half0, _, path = fid_module.reference_stats(Net(), cfg, "train", CPU)
+    again, _, _ = fid_module.reference_stats(Net(), cfg, "train", CPU)
+    assert torch.equal(again["features_sum"], half0["features_sum"]) and "computing" not in capsys.readouterr().out
+    write_folder(tmp_path / "imgs", 40, seed=1)  # the same names, new pixels
+    changed, _, again_path = fid_module.reference_stats(Net(), cfg, "train", CPU)
+    assert again_path == path and not torch.equal(changed["features_sum"], half0["features_sum"])
+    assert "computed from other image files" in capsys.readouterr().out

@@ -35,7 +35,8 @@ def test_missing_dataset_is_one_line_error_with_exit_2(tmp_path, run_script):
 
 
 def test_train_tokenizer_smoke_run_writes_a_loadable_checkpoint_and_eval(tmp_path, run_script):
-    from vqgpt.checkpoint import load_checkpoint, load_train_state
+    from vqgpt.checkpoint import load_checkpoint
+    from vqgpt.train.state import load_train_state
 
     out = run_script("train_tokenizer.py", *TINY_TOKENIZER, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr

@@ -141,3 +141,50 @@ def test_a_killed_build_leaves_a_temp_dir_that_the_next_build_removes(tmp_path, 
     orphan.mkdir()
     prepare_token_cache(str(tmp_path / "tok"), None, None)
     assert not orphan.exists() and (target / HEADER).is_file()
+
+
+def write_folder(root, count: int, seed: int = 0) -> None:
+    """`count` random 8x8 PNGs in two class folders under `root`."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        path = root / ("a" if i % 2 else "b") / f"{i:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(path)
+
+
+def test_a_folder_whose_images_changed_is_tokenized_again(tmp_path, capsys):
+    """Regression: the cache key saw only the data config, so 80 -> 120 images per folder trained on the old tokens."""
+    write_folder(tmp_path / "imgs", 20)
+    folder = DatasetConfig(name="folder", root=str(tmp_path / "imgs"), image_size=8, channels=3, num_classes=2)
+    make_tokenizer(tmp_path / "tok", data=folder)
+    cache, header = prepare_token_cache(str(tmp_path / "tok"), None, None)
+    before = header["splits"]["train"] + header["splits"]["test"]
+    assert before == 20 and header["files"]["train"]["files"] == header["splits"]["train"]
+
+    write_folder(tmp_path / "imgs", 30, seed=1)  # 10 new images, and new pixels in the old 20
+    capsys.readouterr()
+    again, header = prepare_token_cache(str(tmp_path / "tok"), None, None)
+    assert again == cache and header["splits"]["train"] + header["splits"]["test"] == 30
+    assert "image files changed" in capsys.readouterr().out
+    rows = TokenDataset(again, "train")
+    tokenizer = make_tokenizer(tmp_path / "tok2", data=folder)  # the same weights (seed 0): the same codes
+    first = build_dataset(folder, "train", train=False)[0][0]
+    assert torch.equal(rows[0][0], tokenizer.tokenize(first[None]).flatten())
+
+    named, _ = prepare_token_cache(str(tmp_path / "tok"), None, str(tmp_path / "named"))
+    (tmp_path / "imgs" / "a" / "001.png").unlink()
+    with pytest.raises(UserError, match="image files changed .* delete it to rebuild it"):
+        prepare_token_cache(str(tmp_path / "tok"), None, str(named))
+
+
+def test_an_unchanged_folder_reuses_its_cache(tmp_path, capsys):
+    write_folder(tmp_path / "imgs", 12)
+    folder = DatasetConfig(name="folder", root=str(tmp_path / "imgs"), image_size=8, channels=3, num_classes=2)
+    make_tokenizer(tmp_path / "tok", data=folder)
+    cache, _ = prepare_token_cache(str(tmp_path / "tok"), None, None)
+    stamp = (cache / "train_tokens.npy").stat().st_mtime_ns
+    capsys.readouterr()
+    assert prepare_token_cache(str(tmp_path / "tok"), None, None)[0] == cache
+    assert (cache / "train_tokens.npy").stat().st_mtime_ns == stamp and capsys.readouterr().out == ""

@@ -134,8 +134,8 @@ def test_one_final_evaluation_and_train_loss_is_the_steps_mean(tmp_path, monkeyp
 
     save_threshold(tmp_path / "tok")
     calls = []
-    real = stage.evaluate
-    monkeypatch.setattr(stage, "evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = stage.test_loss
+    monkeypatch.setattr(stage, "test_loss", lambda *a, **k: calls.append(1) or real(*a, **k))
     run = tiny_run(tmp_path / "tok")
     run.trainer.grad_accum = 3
     losses = []

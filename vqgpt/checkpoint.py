@@ -19,19 +19,14 @@ import importlib.metadata
 import json
 import os
 import platform
-import random
-import re
 import secrets
 import shutil
-import types
-import typing
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model as _load_weights
@@ -39,7 +34,8 @@ from safetensors.torch import save_model as _save_weights
 from torch import nn
 
 from vqgpt import registry
-from vqgpt.errors import UserError
+from vqgpt.config import dataclass_from_dict
+from vqgpt.errors import UserError, one_line
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -59,9 +55,6 @@ STAGE_FIELDS: dict[str, tuple[str, ...]] = {
 WRITTEN_HERE = ("format_version", "stage", "arch", "step", "model_config", "weights_sha256", "versions")
 _FIX = "pass a checkpoint directory (config.json + model.safetensors) written by vqgpt"
 
-T = TypeVar("T")
-
-
 @dataclass
 class Checkpoint:
     """A loaded checkpoint: the rebuilt model (eval mode), its config.json, and the directory read."""
@@ -70,88 +63,6 @@ class Checkpoint:
     meta: dict[str, Any]
     path: Path
     weights: str = "raw"  # which weights were loaded: raw (model.safetensors) or ema (ema.safetensors)
-
-
-def dataclass_from_dict(cls: type[T], data: Mapping[str, Any], where: str | None = None) -> T:
-    """Rebuild a (nested) config dataclass from a plain dict, rejecting keys it does not have and values of
-    another type than the field's (an int is fine for a float); errors name the key as `where.key`."""
-    where = where or cls.__name__
-    if not isinstance(data, Mapping):
-        raise UserError(f"{where} should be a JSON object, not {type(data).__name__} {data!r}")
-    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls) if f.init})
-    if unknown:
-        raise UserError(f"unknown keys for {cls.__name__}: {', '.join(unknown)}")
-    hints = typing.get_type_hints(cls)  # resolves string annotations (`from __future__ import annotations`)
-    choices = {f.name: f.metadata["choices"] for f in dataclasses.fields(cls) if "choices" in f.metadata}
-    kwargs = {}
-    for key, value in data.items():
-        if key in choices and isinstance(value, Mapping):  # one of several schemas, picked by its `name`
-            if value.get("name") not in choices[key]:
-                raise UserError(f"{where}.{key}.name: unknown name {value.get('name')!r} (known: "
-                                f"{', '.join(choices[key])})")
-            kwargs[key] = dataclass_from_dict(choices[key][value["name"]], value, f"{where}.{key}")
-            continue
-        hint = hints[key]  # a nested dataclass is `X` or `X | None`
-        sub = next((t for t in _options(hint) if dataclasses.is_dataclass(t)), None)
-        if sub and isinstance(value, Mapping):
-            kwargs[key] = dataclass_from_dict(sub, value, f"{where}.{key}")
-        elif _fits(value, hint):
-            kwargs[key] = float(value) if hint is float else value
-        else:
-            raise UserError(f"{where}.{key}={json.dumps(value)} is not {_kind(hint)}")
-    try:
-        return cls(**kwargs)
-    except TypeError as e:  # a field without a default is missing
-        raise UserError(f"cannot build {cls.__name__}: {e}") from None
-
-
-def _options(hint: Any) -> tuple[Any, ...]:
-    """The alternatives of a union (`X | None`), or the hint alone."""
-    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-    return typing.get_args(hint) if union else (hint,)
-
-
-def _fits(value: Any, hint: Any) -> bool:
-    """Whether a JSON value fits a field's type hint: bool, int, float (an int too), str, list[X], dict,
-    None where optional; anything for Any and for types JSON cannot hold."""
-    if hint is Any:
-        return True
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return any(_fits(value, option) for option in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    origin = typing.get_origin(hint)
-    if origin in (list, tuple):
-        args = typing.get_args(hint)
-        item = args[0] if args and (origin is list or (len(args) == 2 and args[1] is Ellipsis)) else Any
-        return isinstance(value, list) and all(_fits(v, item) for v in value)
-    if origin is dict or hint is dict:
-        return isinstance(value, Mapping)
-    if dataclasses.is_dataclass(hint):
-        return isinstance(value, Mapping)
-    return True
-
-
-def _kind(hint: Any) -> str:
-    """A type hint in words, for error messages: `an int`, `a list of float`, `a str or null`."""
-    names = {bool: "a bool (true/false)", int: "an int", float: "a number", str: "a string", type(None): "null"}
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " or ".join(_kind(option) for option in typing.get_args(hint))
-    if typing.get_origin(hint) in (list, tuple):
-        args = typing.get_args(hint)
-        plural = {bool: "bools", int: "ints", float: "numbers", str: "strings"}
-        return f"a list of {plural[args[0]]}" if args and args[0] in plural else "a list"
-    if dataclasses.is_dataclass(hint):
-        return f"a JSON object ({hint.__name__})"
-    return names.get(hint, getattr(hint, "__name__", str(hint)))
 
 
 def save_checkpoint(
@@ -240,7 +151,7 @@ def _write_files(tmp: Path, model: nn.Module, record: dict, train_state: Mapping
         try:  # fail now, with the old checkpoint in place, rather than when resuming
             torch.load(tmp / TRAIN_STATE_FILE, map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:
-            raise ValueError(f"train_state takes tensors and plain containers only: {_one_line(e)}") from e
+            raise ValueError(f"train_state takes tensors and plain containers only: {one_line(e)}") from e
     # safetensors creates its file 0600 whatever the umask; every file follows the user's umask instead, so a
     # checkpoint a team shares is readable as a whole (or private as a whole under umask 077).
     mode = 0o666 & ~_umask()
@@ -288,7 +199,7 @@ def _versions() -> dict[str, str | None]:
     return versions
 
 
-def _resolve(path: str | os.PathLike) -> Path:
+def resolve_dir(path: str | os.PathLike) -> Path:
     """The checkpoint directory to read: `path`, or `path.old` if a save died between its renames."""
     path = Path(path).expanduser()
     aside = path.with_name(path.name + ASIDE_SUFFIX)
@@ -311,7 +222,7 @@ def _read_config(ckpt: Path, expected_stage: str | None) -> dict[str, Any]:
     try:
         meta = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{file} is not valid JSON ({_one_line(e)}); it is damaged, use another") from None
+        raise UserError(f"{file} is not valid JSON ({one_line(e)}); it is damaged, use another") from None
     version = meta.get("format_version") if isinstance(meta, dict) else None
     if not isinstance(version, int):
         raise UserError(f"{file} has no format_version: {ckpt} is not a vqgpt checkpoint; {_FIX}")
@@ -335,7 +246,7 @@ def _read_config(ckpt: Path, expected_stage: str | None) -> dict[str, Any]:
 
 def read_meta(path: str | os.PathLike, *, expected_stage: str | None = None) -> dict[str, Any]:
     """The validated config.json of a checkpoint directory, without loading weights."""
-    return _read_config(_resolve(path), expected_stage)
+    return _read_config(resolve_dir(path), expected_stage)
 
 
 def load_checkpoint(
@@ -344,7 +255,7 @@ def load_checkpoint(
 ) -> Checkpoint:
     """Rebuild the model from the checkpoint alone (registry + config.json); load its weights strictly: the EMA
     weights when the checkpoint has them and `ema` is true, else the raw ones (`.weights` says which)."""
-    ckpt = _resolve(path)
+    ckpt = resolve_dir(path)
     meta = _read_config(ckpt, expected_stage)
     model_cls, config_cls = registry.lookup(meta["arch"], where=str(ckpt))
     version = meta["versions"].get("vqgpt") if isinstance(meta["versions"], dict) else None
@@ -364,9 +275,9 @@ def load_checkpoint(
     try:
         missing, unexpected = _load_weights(model, file, strict=False, device=str(device))
     except SafetensorError as e:
-        raise UserError(f"{file} is damaged ({_one_line(e)}); use another checkpoint") from None
+        raise UserError(f"{file} is damaged ({one_line(e)}); use another checkpoint") from None
     except RuntimeError as e:  # a shape mismatch
-        raise UserError(f"{file} does not load: {_one_line(e)}; {written_by}") from None
+        raise UserError(f"{file} does not load: {one_line(e)}; {written_by}") from None
     if missing or unexpected:
         raise UserError(
             f"{file} does not match {model_cls.__name__}: missing keys {_some(missing)}, "
@@ -388,65 +299,12 @@ def load_model(
     return load_checkpoint(path, expected_stage=expected_stage, map_location=map_location, ema=ema).model
 
 
-def load_train_state(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict | None:
-    """The optimizer/scheduler/RNG state saved beside the weights, or None; never runs pickled code."""
-    file = _resolve(path) / TRAIN_STATE_FILE
-    if not file.is_file():
-        return None
-    try:  # weights_only: a restricted unpickler that refuses anything but tensors and plain containers
-        state = torch.load(file, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise UserError(f"{file} is damaged or refused ({_one_line(e)}), so training cannot continue from it; "
-                        "resume from an intact copy of the run, or drop resume= to start a fresh run (the weights in "
-                        f"{file.parent} stay usable for sampling and evaluation)") from None
-    if not isinstance(state, dict):
-        raise UserError(f"{file} holds a {type(state).__name__}, not a dict, so training cannot continue from it; "
-                        "drop resume= to start a fresh run")
-    return state
-
-
 def checkpoint_hash(path: str | os.PathLike) -> str:
     """Short sha256 of the weights a default load uses (EMA when present): tells apart token caches made by
     different tokenizers."""
-    return _sha256(weights_file(_resolve(path)))[:16]
+    return _sha256(weights_file(resolve_dir(path)))[:16]
 
 
 def _some(keys: list[str], n: int = 4) -> str:
     keys = sorted(keys)
     return "[" + ", ".join(keys[:n]) + (f", ... {len(keys) - n} more" if len(keys) > n else "") + "]"
-
-
-def _one_line(e: BaseException) -> str:
-    """The useful part of a (possibly multi-line) library error, on one line."""
-    text = str(e)
-    if "Weights only load failed" in text:  # torch's refusal; don't echo its "retry with weights_only=False"
-        found = re.search(r"GLOBAL ([\w.]+)", text)  # what the pickle would have called, if it says
-        return "it holds pickled objects weights_only loading refuses" + (f" ({found[1]})" if found else "")
-    text = " ".join(line.strip() for line in text.splitlines() if line.strip())
-    if len(text) > 160 and ". " in text[:300]:  # a long library message: its first sentence says what broke
-        return text[: text.index(". ") + 1]
-    return text[:300]
-
-
-def rng_state() -> dict[str, Any]:
-    """Python, numpy, torch CPU (and CUDA) RNG states, as tensors/plain containers (weights_only-safe)."""
-    _, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
-    return {
-        "python": random.getstate(),  # (int, tuple of ints, float | None): plain already
-        # An ndarray would need numpy globals unpickled; a tensor and plain numbers do not.
-        "numpy": [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached_gaussian)],
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def set_rng_state(state: Mapping[str, Any]) -> None:
-    """Restore the RNG streams captured by rng_state()."""
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    keys, pos, has_gauss, cached_gaussian = state["numpy"]
-    np.random.set_state(("MT19937", keys.cpu().numpy().astype(np.uint32), pos, has_gauss, cached_gaussian))
-    torch.set_rng_state(state["torch"].cpu())
-    # CUDA streams only restore onto as many GPUs; a resume on other hardware keeps fresh ones.
-    if state["cuda"] and torch.cuda.is_available() and torch.cuda.device_count() == len(state["cuda"]):
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

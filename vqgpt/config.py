@@ -8,15 +8,20 @@ the wrong type fails when the config is composed, with the key named.
 from __future__ import annotations
 
 import dataclasses
+import json
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from vqgpt.errors import UserError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+T = TypeVar("T")
 
 
 @dataclass
@@ -459,3 +464,89 @@ def check_known_keys(node: DictConfig, prefix: str = "") -> None:
         child = node._get_node(key)
         if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
             check_known_keys(child, prefix=f"{full}.")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# JSON -> dataclass (config.json files, token cache headers)
+
+
+def dataclass_from_dict(cls: type[T], data: Mapping[str, Any], where: str | None = None) -> T:
+    """Rebuild a (nested) config dataclass from a plain dict, rejecting keys it does not have and values of
+    another type than the field's (an int is fine for a float); errors name the key as `where.key`."""
+    where = where or cls.__name__
+    if not isinstance(data, Mapping):
+        raise UserError(f"{where} should be a JSON object, not {type(data).__name__} {data!r}")
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls) if f.init})
+    if unknown:
+        raise UserError(f"unknown keys for {cls.__name__}: {', '.join(unknown)}")
+    hints = typing.get_type_hints(cls)  # resolves string annotations (`from __future__ import annotations`)
+    choices = {f.name: f.metadata["choices"] for f in dataclasses.fields(cls) if "choices" in f.metadata}
+    kwargs = {}
+    for key, value in data.items():
+        if key in choices and isinstance(value, Mapping):  # one of several schemas, picked by its `name`
+            if value.get("name") not in choices[key]:
+                raise UserError(f"{where}.{key}.name: unknown name {value.get('name')!r} (known: "
+                                f"{', '.join(choices[key])})")
+            kwargs[key] = dataclass_from_dict(choices[key][value["name"]], value, f"{where}.{key}")
+            continue
+        hint = hints[key]  # a nested dataclass is `X` or `X | None`
+        sub = next((t for t in _options(hint) if dataclasses.is_dataclass(t)), None)
+        if sub and isinstance(value, Mapping):
+            kwargs[key] = dataclass_from_dict(sub, value, f"{where}.{key}")
+        elif _fits(value, hint):
+            kwargs[key] = float(value) if hint is float else value
+        else:
+            raise UserError(f"{where}.{key}={json.dumps(value)} is not {_kind(hint)}")
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a field without a default is missing
+        raise UserError(f"cannot build {cls.__name__}: {e}") from None
+
+
+def _options(hint: Any) -> tuple[Any, ...]:
+    """The alternatives of a union (`X | None`), or the hint alone."""
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    return typing.get_args(hint) if union else (hint,)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a field's type hint: bool, int, float (an int too), str, list[X], dict,
+    None where optional; anything for Any and for types JSON cannot hold."""
+    if hint is Any:
+        return True
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_fits(value, option) for option in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    origin = typing.get_origin(hint)
+    if origin in (list, tuple):
+        args = typing.get_args(hint)
+        item = args[0] if args and (origin is list or (len(args) == 2 and args[1] is Ellipsis)) else Any
+        return isinstance(value, list) and all(_fits(v, item) for v in value)
+    if origin is dict or hint is dict:
+        return isinstance(value, Mapping)
+    if dataclasses.is_dataclass(hint):
+        return isinstance(value, Mapping)
+    return True
+
+
+def _kind(hint: Any) -> str:
+    """A type hint in words, for error messages: `an int`, `a list of float`, `a str or null`."""
+    names = {bool: "a bool (true/false)", int: "an int", float: "a number", str: "a string", type(None): "null"}
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_kind(option) for option in typing.get_args(hint))
+    if typing.get_origin(hint) in (list, tuple):
+        args = typing.get_args(hint)
+        plural = {bool: "bools", int: "ints", float: "numbers", str: "strings"}
+        return f"a list of {plural[args[0]]}" if args and args[0] in plural else "a list"
+    if dataclasses.is_dataclass(hint):
+        return f"a JSON object ({hint.__name__})"
+    return names.get(hint, getattr(hint, "__name__", str(hint)))

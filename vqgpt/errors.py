@@ -1,8 +1,24 @@
 """The one exception type for bad user input: scripts print its message on one line and exit 2."""
 
+from __future__ import annotations
+
+import re
+
 
 class UserError(Exception):
     """Bad input (config, path, file) whose message names the problem and the fix, on one line."""
 
     label = "error"  # the line's prefix
     exit_code = 2
+
+
+def one_line(e: BaseException) -> str:
+    """The useful part of a (possibly multi-line) library error, on one line."""
+    text = str(e)
+    if "Weights only load failed" in text:  # torch's refusal; don't echo its "retry with weights_only=False"
+        found = re.search(r"GLOBAL ([\w.]+)", text)  # what the pickle would have called, if it says
+        return "it holds pickled objects weights_only loading refuses" + (f" ({found[1]})" if found else "")
+    text = " ".join(line.strip() for line in text.splitlines() if line.strip())
+    if len(text) > 160 and ". " in text[:300]:  # a long library message: its first sentence says what broke
+        return text[: text.index(". ") + 1]
+    return text[:300]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import logging
 import os
 import zlib
@@ -660,6 +661,25 @@ def build_dataset(cfg: DatasetConfig, split: str, train: bool | None = None) -> 
     with torch.random.fork_rng(devices=[]):  # read one item now (format, pad size) without moving the RNG
         dataset[0]
     return dataset
+
+
+def files_fingerprint(dataset: Dataset) -> dict | None:
+    """What a split's image files are now: their count and a hash of every (path, size, mtime); None for data
+    that is not a list of files (arrays read whole, generated patterns), which its config alone decides.
+
+    Caches built from a split (tokens, FID statistics) record it, so a folder whose images changed is
+    noticed even though its config did not."""
+    paths = getattr(dataset, "paths", None)
+    if paths is None:
+        return None
+    digest = hashlib.sha256()
+    for path in paths:
+        try:
+            st = os.stat(path)
+            digest.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:  # gone since the scan: still a change
+            digest.update(f"{path}\0missing\n".encode())
+    return {"files": len(paths), "sha256": digest.hexdigest()[:16]}
 
 
 def dataset_info(cfg: DatasetConfig, dataset: Dataset | None = None) -> dict:

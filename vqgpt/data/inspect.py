@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from vqgpt.config import InspectDataRun
 from vqgpt.data.datasets import build_dataset, dataset_info
 from vqgpt.images import save_grid
-from vqgpt.train.loggers import progress
+from vqgpt.progress import progress
 
 
 def inspect_dataset(run: InspectDataRun, out_dir: Path) -> dict:

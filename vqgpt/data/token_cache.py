@@ -6,8 +6,9 @@
 
 GPT training reads only this (LlamaGen's "extract codes first"): the encoder never runs in its loop. The
 default cache lives in vqgpt's cache (`tokens/<key>`), keyed on the tokenizer's weights and the full data config
-(root, size, resize, generator sizes and seed, ...); a cache whose header disagrees with the request is rebuilt
-there, and refused (saying which) in a `cache_dir` you named, so stale codes never train a GPT silently.
+(root, size, resize, generator sizes and seed, ...); its header also records each split's image files (count and
+a hash of paths, sizes and mtimes). A cache whose header disagrees with the request or with the files now is
+rebuilt there, and refused (saying which) in a `cache_dir` you named, so stale codes never train a GPT silently.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from vqgpt.checkpoint import checkpoint_hash, dataclass_from_dict, load_checkpoint, read_meta
 from vqgpt.config import DatasetConfig
-from vqgpt.data.datasets import build_dataset, dataset_info
+from vqgpt.data.datasets import build_dataset, dataset_info, files_fingerprint
 from vqgpt.errors import UserError
 from vqgpt.paths import cache_dir as vqgpt_cache
-from vqgpt.train.loggers import progress
+from vqgpt.progress import progress
 
 HEADER = "header.json"
 FORMAT_VERSION = 2  # 2: the header records the data facts ("data")
@@ -45,9 +46,11 @@ def cache_dtype(num_codewords: int | None) -> np.dtype:
 @torch.no_grad()
 def build_token_cache(tokenizer_path: str | Path, data_cfg: DatasetConfig, cache_dir: str | Path, *,
                       hflip_copies: bool = False, batch_size: int = 256, device: str | torch.device = "cpu",
-                      num_workers: int = 0, tokenizer_hash: str | None = None) -> Path:
+                      num_workers: int = 0, tokenizer_hash: str | None = None,
+                      datasets: dict[str, Dataset] | None = None) -> Path:
     """Tokenize the train and test splits with the tokenizer checkpoint; written atomically to `cache_dir`.
-    `tokenizer_hash`: its checkpoint_hash, when the caller has it already (it reads the whole weights file)."""
+    `tokenizer_hash`: its checkpoint_hash, when the caller has it already (it reads the whole weights file);
+    `datasets`: the two splits, when the caller has built them already (train=False: no random flips)."""
     cache_dir = Path(cache_dir)
     tokenizer = load_checkpoint(tokenizer_path, expected_stage="tokenizer", map_location=device).model
     h, w = tokenizer.latent_grid
@@ -59,7 +62,7 @@ def build_token_cache(tokenizer_path: str | Path, data_cfg: DatasetConfig, cache
     tmp.mkdir()
     sizes = {}
     try:
-        datasets = {split: build_dataset(data_cfg, split, train=False) for split in ("train", "test")}
+        datasets = datasets or splits(data_cfg)
         for split, dataset in datasets.items():
             flips = (False, True) if hflip_copies and split == "train" else (False,)
             n = len(dataset) * len(flips)
@@ -91,6 +94,7 @@ def build_token_cache(tokenizer_path: str | Path, data_cfg: DatasetConfig, cache
             "hflip_copies": hflip_copies,
             "splits": sizes,
             "data_config": dataclasses.asdict(data_cfg),
+            "files": {split: files_fingerprint(dataset) for split, dataset in datasets.items()},
             "data": dataset_info(data_cfg, datasets["train"]),  # what a GPT checkpoint records of its data
         }
         (tmp / HEADER).write_text(json.dumps(header, indent=2) + "\n")
@@ -183,13 +187,24 @@ def default_cache_dir(tokenizer_path: str | Path, data_cfg: DatasetConfig, hflip
     return vqgpt_cache("tokens", key)
 
 
-def _mismatch(header: dict, data_cfg: DatasetConfig, hflip_copies: bool) -> str | None:
-    """What differs between a cache's header and the request, or None."""
+def splits(data_cfg: DatasetConfig) -> dict[str, Dataset]:
+    """The train and test splits a token cache is made of (train=False: no random flips)."""
+    return {split: build_dataset(data_cfg, split, train=False) for split in ("train", "test")}
+
+
+def _mismatch(header: dict, data_cfg: DatasetConfig, hflip_copies: bool, files: dict) -> str | None:
+    """What differs between a cache's header and the request (config, or the image files now), or None."""
     saved = header.get("data_config") or {}
     wanted = dataclasses.asdict(data_cfg)
     diff = [f"dataset.{k}={saved.get(k)!r} there, {wanted[k]!r} asked" for k in wanted if saved.get(k) != wanted[k]]
     if header.get("hflip_copies") != hflip_copies:
         diff.append(f"hflip_copies={header.get('hflip_copies')} there, {hflip_copies} asked")
+    was = header.get("files") or {}
+    for split, now in files.items():
+        if was.get(split) != now:
+            count = f"{was[split]['files']} files then, {now['files']} now" if was.get(split) and now else \
+                "not recorded then" if now else "recorded then, none now"
+            diff.append(f"the {split} split's image files changed ({count})")
     return "; ".join(diff[:3]) or None
 
 
@@ -228,9 +243,11 @@ def prepare_token_cache(tokenizer_path: str | None, data_cfg: DatasetConfig | No
     cache = Path(cache_dir) if named else default_cache_dir(tokenizer_path, data_cfg, hflip_copies,
                                                               tokenizer_hash=tokenizer_hash)
     _remove_stale_builds(cache)
+    datasets = splits(data_cfg)  # scanned once: a folder's files are compared with what the cache was made of
+    files = {split: files_fingerprint(dataset) for split, dataset in datasets.items()}
     if (cache / HEADER).exists():
         header = read_header(cache, tokenizer_path, tokenizer_hash=tokenizer_hash)
-        mismatch = _mismatch(header, data_cfg, hflip_copies)
+        mismatch = _mismatch(header, data_cfg, hflip_copies, files)
         damage = None if mismatch else _check_arrays(cache, header)
         problem = mismatch or damage
         if problem is None:
@@ -244,5 +261,5 @@ def prepare_token_cache(tokenizer_path: str | None, data_cfg: DatasetConfig | No
     else:
         print(f"token cache {cache} is missing: tokenizing {data_cfg.name} once")
     build_token_cache(tokenizer_path, data_cfg, cache, hflip_copies=hflip_copies, device=device,
-                      tokenizer_hash=tokenizer_hash)
+                      tokenizer_hash=tokenizer_hash, datasets=datasets)
     return cache, read_header(cache, tokenizer_path, tokenizer_hash=tokenizer_hash)

@@ -17,12 +17,17 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Subset
+from torchmetrics.classification import MulticlassAccuracy
 
 from vqgpt.checkpoint import dataclass_from_dict, load_checkpoint
 from vqgpt.config import DatasetConfig, EvaluateRun, FIDConfig, SampleRun, SamplingConfig
 from vqgpt.data import build_dataset
+from vqgpt.data.token_cache import TokenDataset, prepare_token_cache
 from vqgpt.errors import UserError
 from vqgpt.eval.fid import FID
+from vqgpt.eval.likelihood import loss_metrics, test_loss
+from vqgpt.eval.lpips import build_lpips
+from vqgpt.eval.reconstruction import reconstruction_metrics
 from vqgpt.generate.pipeline import (
     Models,
     check_classifier,
@@ -31,7 +36,9 @@ from vqgpt.generate.pipeline import (
     load_models,
     sample_images,
 )
-from vqgpt.train.loggers import progress
+from vqgpt.generate.sampling import resolve_class
+from vqgpt.progress import progress
+from vqgpt.tokenizers.vqgan.losses import LPIPS_MIN_SIZE
 
 STAGES = ("tokenizer", "gpt")
 
@@ -87,10 +94,6 @@ def build_fid(f: FIDConfig, data_cfg: DatasetConfig, device: torch.device) -> FI
 
 def evaluate_tokenizer(run: EvaluateRun, device: torch.device) -> dict[str, Any]:
     """rFID of the reference split's reconstructions, with PSNR, SSIM, LPIPS and codebook statistics."""
-    from vqgpt.eval.lpips import build_lpips
-    from vqgpt.tokenizers.vqgan.losses import LPIPS_MIN_SIZE
-    from vqgpt.train.tokenizer import evaluate
-
     tok = load_checkpoint(run.checkpoint_vae, expected_stage="tokenizer", map_location=device)
     data_cfg = data_config(run.checkpoint_vae, tok.meta)
     fid = build_fid(dataclasses.replace(run.fid, inception_score=False), data_cfg, device)
@@ -102,7 +105,7 @@ def evaluate_tokenizer(run: EvaluateRun, device: torch.device) -> dict[str, Any]
     else:
         print(f"LPIPS skipped: the images are smaller than {LPIPS_MIN_SIZE} px")
     start = time.perf_counter()
-    results = evaluate(tok.model, dataset, lpips_net, device, run.batch_size, fid=fid)
+    results = reconstruction_metrics(tok.model, dataset, lpips_net, device, run.batch_size, fid=fid)
     rfid = fid.compute(class_balance=f"the {run.fid.reference_split} split's own (reconstructions of it)")
     return {"stage": "tokenizer", "checkpoint_vae": run.checkpoint_vae, "rfid": rfid.pop("fid"), **results,
             **rfid, "seconds": time.perf_counter() - start}
@@ -139,8 +142,6 @@ def describe_balance(labels: torch.Tensor | None, class_names: list[str] | None)
 def sample_fid(models: Models, fid: FID, labels: torch.Tensor | None, num: int, s: SamplingConfig,
                batch_size: int, classifier: torch.nn.Module | None = None, desc: str = "sampling") -> dict[str, Any]:
     """FID (and IS, class accuracy) of `num` samples drawn `batch_size` at a time (pipeline.image_batches)."""
-    from torchmetrics.classification import MulticlassAccuracy
-
     fid.reset()
     accuracy = None
     if classifier is not None and labels is not None:
@@ -171,12 +172,9 @@ def sample_fid(models: Models, fid: FID, labels: torch.Tensor | None, num: int, 
 
 def token_metrics(run: EvaluateRun, models: Models, device: torch.device) -> dict[str, float]:
     """Test-split nats/token, bits/token and bits/dim (of the token stream per sub-pixel) from the token cache."""
-    from vqgpt.data.token_cache import TokenDataset, prepare_token_cache
-    from vqgpt.train.gpt import evaluate, loss_metrics
-
     cache, _ = prepare_token_cache(run.checkpoint_vae, None, run.cache_dir, device=device)
     loader = DataLoader(TokenDataset(cache, "test"), batch_size=run.batch_size)
-    loss = evaluate(models.gpt, loader, device, models.gpt.config.num_classes > 0)
+    loss = test_loss(models.gpt, loader, device, models.gpt.config.num_classes > 0)
     t = models.tokenizer
     return loss_metrics(models.gpt, loss, t.channels * t.image_size * t.image_size)
 
@@ -199,8 +197,6 @@ def evaluate_gpt(run: EvaluateRun, device: torch.device) -> dict[str, Any]:
     data_cfg = data_config(run.checkpoint_vae, {"data_config": models.data_config})
     results: dict[str, Any] = {"stage": "gpt", "checkpoint_vae": run.checkpoint_vae,
                                "checkpoint_gpt": run.checkpoint_gpt, **token_metrics(run, models, device)}
-    from vqgpt.generate.sampling import resolve_class
-
     label = resolve_class(run.sampling.class_label, models.class_names, models.gpt.config.num_classes)
     labels = balanced_labels(run.fid.num_samples, models.gpt.config.num_classes, label)
     fid = build_fid(run.fid, data_cfg, device)

@@ -31,13 +31,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from vqgpt.config import DatasetConfig
+from vqgpt.data import build_dataset, files_fingerprint
 from vqgpt.errors import UserError
 from vqgpt.eval.weights import load_weights
 from vqgpt.paths import cache_dir
+from vqgpt.progress import progress
 
 NUM_FEATURES = 2048  # Inception's pool3 features, what FID compares
 RESIZE = "299x299, TF1 bilinear (torch-fidelity interpolate_bilinear_2d_like_tensorflow1x), no antialiasing"
@@ -215,21 +219,22 @@ def reference_stats(inception: InceptionV3, cfg: DatasetConfig, split: str, devi
     Cached in vqgpt's cache under a key of the data config, the split and the protocol; together the halves
     are the whole split, and FID between them is the noise floor at half the size.
     """
-    from safetensors.torch import load_file, save
-
-    from vqgpt.data import build_dataset
-    from vqgpt.train.loggers import progress
-
     protocol = {"implementation": implementation(), "weights_sha256": inception.weights_sha256,
                 "resize": RESIZE, "input": INPUT}
     path = _stats_path(cfg, split, max_images, protocol)
+    dataset = build_dataset(cfg, split, train=False)
+    files = json.dumps(files_fingerprint(dataset))  # a folder's images may change under the same config
     if path.is_file():
         try:
+            with safe_open(path, "pt") as f:
+                recorded = (f.metadata() or {}).get("files", "null")
             flat = load_file(path)
-            return ({k: flat[f"half0.{k}"] for k in STATE}, {k: flat[f"half1.{k}"] for k in STATE}, path)
+            if recorded == files:
+                return ({k: flat[f"half0.{k}"] for k in STATE}, {k: flat[f"half1.{k}"] for k in STATE}, path)
+            print(f"{path} was computed from other image files ({recorded} then, {files} now); computing the "
+                  "reference statistics again")
         except Exception as e:  # truncated or foreign: rebuild it
             print(f"{path} is unreadable ({type(e).__name__}); computing the reference statistics again")
-    dataset = build_dataset(cfg, split, train=False)
     n = len(dataset) if max_images is None else min(max_images, len(dataset))
     halves = []
     for half in (0, 1):
@@ -242,7 +247,7 @@ def reference_stats(inception: InceptionV3, cfg: DatasetConfig, split: str, devi
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_bytes(save(flat, metadata={"protocol": json.dumps(protocol), "data": json.dumps(
-            dataclasses.asdict(cfg)), "split": split}))
+            dataclasses.asdict(cfg)), "split": split, "files": files}))
         os.replace(tmp, path)
     except OSError as e:  # a read-only cache: the statistics still serve this run
         tmp.unlink(missing_ok=True)

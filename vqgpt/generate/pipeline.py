@@ -30,8 +30,8 @@ from vqgpt.errors import UserError
 from vqgpt.generate.sampling import check_sampling_args, generate, resolve_class
 from vqgpt.images import save_grid, to_unit
 from vqgpt.models.classifier import best_of, class_scores
+from vqgpt.progress import progress
 from vqgpt.tokenizers import Tokenizer
-from vqgpt.train.loggers import progress
 
 
 @dataclass

@@ -23,12 +23,12 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from vqgpt.checkpoint import load_checkpoint
 from vqgpt.config import ClassifyRun, GPTClassifierConfig
 from vqgpt.data.token_cache import TokenDataset, prepare_token_cache
+from vqgpt.device import pick_device, set_threads
 from vqgpt.errors import UserError
 from vqgpt.models.gpt_classifier import GPTClassifier
 from vqgpt.models.transformer import CausalTransformer
+from vqgpt.progress import progress
 from vqgpt.train.engine import Engine
-from vqgpt.train.loggers import progress
-from vqgpt.train.runtime import pick_device, set_threads
 
 MODES = ("probe", "finetune")
 

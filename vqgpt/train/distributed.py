@@ -11,8 +11,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from vqgpt.device import pick_device
 from vqgpt.errors import UserError
-from vqgpt.train.runtime import pick_device
 
 
 def distributed() -> bool:

@@ -36,28 +36,16 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
-from vqgpt.checkpoint import (
-    load_checkpoint,
-    read_meta,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from vqgpt.checkpoint import read_meta, save_checkpoint
 from vqgpt.config import LoggerConfig, TrainerConfig
+from vqgpt.device import set_threads
 from vqgpt.errors import UserError
+from vqgpt.progress import progress
 from vqgpt.train.distributed import distributed, init_distributed, main_rank_first, rank, train_device, world_size
-from vqgpt.train.loggers import build_logger, progress
+from vqgpt.train.loggers import build_logger
 from vqgpt.train.optim import adamw, lr_at, set_lr
-from vqgpt.train.runtime import (
-    autocast,
-    check_batch_fits,
-    check_checkpoint_target,
-    check_trainer,
-    resume_from,
-    seed_everything,
-    set_threads,
-)
-from vqgpt.train.state import EMA, BatchStream
+from vqgpt.train.runtime import autocast, check_batch_fits, check_checkpoint_target, check_trainer, seed_everything
+from vqgpt.train.state import EMA, BatchStream, capture, restore, rng_isolated, rng_state
 
 
 class Task(Protocol):
@@ -198,7 +186,8 @@ class Engine:
         self.ema = EMA(task.model, t.ema_decay) if t.ema_decay else None
         start, skipped = 0, 0
         if self.resume is not None:
-            start, skipped = self._restore(task)
+            start, skipped = restore(str(self.resume), task, self.ema, self.batches, t, rank=self.rank,
+                                     world=self.world, device=self.device, say=self.say)
         if self.is_main and self.logger.path is not None:
             _drop_rows_after(self.logger.path, start)  # a resumed run logs those steps again
         global_batch = t.batch_size * t.grad_accum * self.world
@@ -241,11 +230,13 @@ class Engine:
                 if not healthy and done == t.max_steps:
                     self._stop_bad(done, bad_in_a_row, lr)
                 if healthy and done % t.eval_every == 0 and done != t.max_steps and self.is_main:  # final follows
-                    val = task.evaluate(self.eval_model)
+                    with rng_isolated():  # the training steps' random streams go on as if it never ran
+                        val = task.evaluate(self.eval_model)
                     self.logger.log(_scalars("val", val), step=done)
                     bar.write(f"step {done}: {task.summary(val)}")
                 if healthy and (done % t.sample_and_save_freq == 0 or done == t.max_steps) and self.is_main:
-                    path = task.snapshot(self.eval_model, done)
+                    with rng_isolated():
+                        path = task.snapshot(self.eval_model, done)
                     if path is not None:
                         self.logger.log_image(f"val/{path.parent.name}", path, step=done)
                 saved = healthy and (done % t.checkpoint_every == 0 or done == t.max_steps)
@@ -297,16 +288,7 @@ class Engine:
             rngs = [rng_state()]
         if self.is_main:
             task = self.task
-            state = {
-                "step": step,
-                "max_steps": self.t.max_steps,
-                "skipped_steps": skipped,
-                "world_size": self.world,
-                "optimizers": {k: o.state_dict() for k, o in task.optimizers.items()},
-                "modules": {k: m.state_dict() for k, m in task.modules.items() if k != "model"},
-                "data": self.batches.state_dict(),
-                "rng": rngs,
-            }
+            state = capture(task, self.batches, step=step, max_steps=self.t.max_steps, skipped=skipped, rngs=rngs)
             save_checkpoint(self.ckpt_dir, task.model, stage=task.stage, arch=task.arch, meta=task.meta, step=step,
                             train_state=state, ema=self.ema.module if self.ema is not None else None)
         self.barrier()
@@ -323,43 +305,6 @@ class Engine:
                                 "hydra.run.dir at the run to continue, or pass resume=<checkpoint dir>") from None
             return self.ckpt_dir
         return Path(resume).expanduser()
-
-    def _restore(self, task: Task) -> tuple[int, int]:
-        """Load the whole train state from self.resume; returns (step, skipped steps so far)."""
-        path = str(self.resume)
-        state = resume_from(path, task.model, task.stage)
-        for key in ("optimizers", "data", "rng"):
-            if key not in state:
-                raise UserError(f"resume={path} was written by an older vqgpt without the full train state "
-                                f"({key}); drop resume= to start a fresh run")
-        for name, optimizer in task.optimizers.items():
-            optimizer.load_state_dict(state["optimizers"][name])
-        for name, module in task.modules.items():
-            if name != "model":
-                module.load_state_dict(state["modules"][name])
-        if self.ema is not None:
-            saved = load_checkpoint(path, expected_stage=task.stage, map_location=self.device)
-            if saved.weights != "ema":
-                self.say(f"resume: {path} has no EMA weights; the EMA starts from the resumed weights")
-            self.ema.module.load_state_dict(saved.model.state_dict())
-        self.batches.load_state_dict(state["data"])
-        if len(state["rng"]) == self.world:
-            set_rng_state(state["rng"][self.rank])
-        else:
-            self.say(f"resume: saved by {len(state['rng'])} processes, resumed by {self.world}: the data order "
-                     "and random streams start afresh from trainer.seed (not an exact continuation)")
-            self.batches.load_state_dict({"epoch": state["data"]["epoch"] + 1, "position": 0})
-        step = int(state["step"])
-        was = int(state.get("max_steps", self.t.max_steps))
-        if was != self.t.max_steps and step < self.t.max_steps:
-            t = self.t
-            before = lr_at(step - 1, lr=t.lr, min_lr=t.min_lr, warmup_steps=t.warmup_steps, max_steps=was)
-            after = lr_at(step, lr=t.lr, min_lr=t.min_lr, warmup_steps=t.warmup_steps, max_steps=t.max_steps)
-            self.say(f"resume: trainer.max_steps {was} -> {t.max_steps}: the LR schedule is recomputed for "
-                     f"{t.max_steps} steps, so at step {step} the LR goes from {before:.3g} to {after:.3g} (lower "
-                     "trainer.lr to continue more gently)")
-        self.say(f"resume: continuing from step {step} of {path}")
-        return step, int(state.get("skipped_steps", 0))
 
     # ---- signals and bad steps
 

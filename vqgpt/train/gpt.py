@@ -15,45 +15,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
 from vqgpt.checkpoint import checkpoint_hash, dataclass_from_dict, load_checkpoint, read_meta
 from vqgpt.config import DatasetConfig, GPTConfig, SamplingConfig, TrainGPTRun
 from vqgpt.data.token_cache import TokenDataset, prepare_token_cache
 from vqgpt.errors import UserError
-from vqgpt.generate.pipeline import sample_class_grid
+from vqgpt.eval.evaluate import balanced_labels, build_fid, sample_fid
+from vqgpt.eval.likelihood import loss_metrics, test_loss
+from vqgpt.generate.pipeline import Models, sample_class_grid
 from vqgpt.models.gpt import GPT
 from vqgpt.models.patch_gpt import PatchGPT
 from vqgpt.train.engine import Engine
 
 TOKENIZER_RUNS = Path("outputs") / "train_tokenizer"  # where train_tokenizer.py puts its runs by default
-
-
-@torch.no_grad()
-def evaluate(model: GPT, loader: DataLoader, device: torch.device, conditional: bool) -> float:
-    """Mean cross-entropy (nats/token) over the whole split, in eval mode (no label dropout)."""
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    for tokens, labels in loader:
-        tokens = tokens.to(device)
-        _, loss = model(tokens, labels.to(device) if conditional else None, targets=tokens)
-        total += loss.item() * tokens.numel()
-        count += tokens.numel()
-    model.train(was_training)
-    return total / count
-
-
-def loss_metrics(gpt: nn.Module, loss: float, image_dims: int) -> dict[str, float]:
-    """A test loss with the units it is read in: nats/token, bits/token and bits/dim (bits per sub-pixel of the
-    token stream: the image's channels x height x width) for index tokens; a patch GPT's loss is per number
-    (its Gaussian NLL without the constant, or its MSE) and has no bits to count."""
-    if not gpt.is_discrete:
-        return {"loss": loss}
-    bits_per_token = loss / math.log(2)
-    return {"loss": loss, "bits_per_token": bits_per_token,
-            "bits_per_dim": bits_per_token * gpt.config.block_size / image_dims}
 
 
 def newest_tokenizer(runs: Path = TOKENIZER_RUNS) -> str:
@@ -140,7 +115,7 @@ class GPTTask:
         return {"train/loss": total}
 
     def evaluate(self, model: GPT) -> dict[str, Any]:
-        loss = evaluate(model, self.test_loader, self.device, self.conditional)
+        loss = test_loss(model, self.test_loader, self.device, self.conditional)
         dims = self.meta["channels"] * self.meta["image_size"] ** 2
         results: dict[str, Any] = loss_metrics(model, loss, dims)
         if self.fid_samples:
@@ -149,9 +124,6 @@ class GPTTask:
 
     def sample_fid(self, model: GPT) -> dict[str, Any]:
         """FID-N of `fid_samples` class-balanced samples against the test split (what evaluate.py measures)."""
-        from vqgpt.eval.evaluate import balanced_labels, build_fid, sample_fid
-        from vqgpt.generate.pipeline import Models
-
         if self.fid is None:  # the Inception network and the reference statistics, once per run
             data_cfg = dataclass_from_dict(DatasetConfig, self.data_config)
             self.fid = build_fid(self.fid_config, data_cfg, self.device)

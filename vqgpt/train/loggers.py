@@ -1,6 +1,6 @@
-"""Where metrics go: a JSONL file always, plus Weights & Biases when asked; console progress bars.
+"""Where metrics go: a JSONL file always, plus Weights & Biases when asked.
 
-Only rank 0 logs (STYLE 10); other ranks get a logger that does nothing.
+Only rank 0 logs; other ranks get a logger that does nothing.
 """
 
 from __future__ import annotations
@@ -9,14 +9,11 @@ import json
 import math
 import netrc
 import os
-import sys
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from vqgpt.config import LoggerConfig
 from vqgpt.errors import UserError
@@ -134,13 +131,6 @@ def build_logger(cfg: LoggerConfig, run_dir: str | Path, config: dict[str, Any],
     if cfg.name == "wandb":
         return WandbLogger(cfg, run_dir, config)
     raise UserError(f"logger={cfg.name!r} is unknown; use logger=none or logger=wandb")
-
-
-def progress(iterable: Iterable | None = None, total: int | None = None, desc: str = "",
-             enabled: bool = True, initial: int = 0) -> tqdm:
-    """A tqdm bar (rate in it/s and ETA built in); disabled off a terminal-less rank or on request."""
-    return tqdm(iterable, total=total, desc=desc, initial=initial, disable=not enabled,
-                dynamic_ncols=True, file=sys.stderr, smoothing=0.1)
 
 
 def _scalar(v: Any) -> Any:

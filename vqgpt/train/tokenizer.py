@@ -18,15 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from vqgpt.checkpoint import save_checkpoint
 from vqgpt.config import PatchConfig, PixelConfig, TrainTokenizerRun, VQGANConfig
 from vqgpt.data import build_dataset, dataset_info
+from vqgpt.device import pick_device, set_threads
 from vqgpt.errors import UserError
-from vqgpt.eval.fid import FID
 from vqgpt.eval.lpips import build_lpips
-from vqgpt.eval.metrics import CodebookStats, lpips_distance, psnr, ssim
+from vqgpt.eval.reconstruction import reconstruction_metrics
 from vqgpt.images import save_grid
 from vqgpt.tokenizers import Tokenizer
 from vqgpt.tokenizers.palette import PixelTokenizer, fit_palette, resolve_pixel_config
@@ -35,39 +34,6 @@ from vqgpt.tokenizers.vqgan.discriminator import build_discriminator
 from vqgpt.tokenizers.vqgan.losses import LPIPS_MIN_SIZE, VQGANLoss
 from vqgpt.tokenizers.vqgan.model import VQGAN
 from vqgpt.train.engine import Engine
-from vqgpt.train.loggers import progress
-from vqgpt.train.runtime import pick_device, set_threads
-
-
-@torch.no_grad()
-def evaluate(model: Tokenizer, dataset: Dataset, lpips_net: torch.nn.Module | None, device: torch.device,
-             batch_size: int, num_workers: int = 0, fid: FID | None = None) -> dict[str, float | None]:
-    """Reconstruct the whole split through the codes: PSNR, SSIM, LPIPS, codebook usage and perplexity
-    (and rFID when `fid` holds the split's reference statistics)."""
-    was_training = model.training
-    model.eval()
-    stats = CodebookStats(model.codebook_size) if model.is_discrete else None
-    totals = {"psnr": 0.0, "ssim": 0.0, "lpips": 0.0}
-    count = 0
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    for x, _ in progress(loader, desc="eval"):
-        x = x.to(device)
-        indices = model.tokenize(x)
-        x_rec = model.decode_tokens(indices)
-        if stats is not None:
-            stats.update(indices)
-        totals["psnr"] += psnr(x, x_rec).sum().item()
-        totals["ssim"] += ssim(x, x_rec).sum().item()
-        if lpips_net is not None:
-            totals["lpips"] += lpips_distance(lpips_net, x, x_rec).sum().item()
-        if fid is not None:
-            fid.update(x_rec)
-        count += x.shape[0]
-    model.train(was_training)
-    results: dict[str, float | None] = {k: v / count for k, v in totals.items()}
-    if lpips_net is None:
-        results["lpips"] = None
-    return {**results, **(stats.compute() if stats is not None else {}), "num_images": count}
 
 
 def eval_lpips(run: TrainTokenizerRun, perceptual: torch.nn.Module | None = None,
@@ -156,7 +122,8 @@ class VQGANTask:
         return {**logs, **{f"codebook/{k}": v for k, v in q.metrics.items()}}
 
     def evaluate(self, model: VQGAN) -> dict[str, Any]:
-        return evaluate(model, self.test_set, self.lpips_eval, self.device, self.batch_size, self.num_workers)
+        return reconstruction_metrics(model, self.test_set, self.lpips_eval, self.device, self.batch_size,
+                                      self.num_workers)
 
     def snapshot(self, model: VQGAN, step: int) -> Path:
         return reconstruction_grid(model, self.fixed, self.out_dir / "reconstructions" / f"step_{step:07d}.png")
@@ -212,7 +179,8 @@ def fit_direct(run: TrainTokenizerRun, out_dir: Path, config: dict) -> dict:
     model = model.to(device).eval()
     fixed = torch.stack([test_set[i][0] for i in range(min(8, len(test_set)))]).to(device)
     reconstruction_grid(model, fixed, out_dir / "reconstructions" / "step_0000000.png")
-    results = evaluate(model, test_set, eval_lpips(run), device, run.trainer.batch_size, run.trainer.num_workers)
+    results = reconstruction_metrics(model, test_set, eval_lpips(run), device, run.trainer.batch_size,
+                                     run.trainer.num_workers)
     (out_dir / "eval.json").write_text(json.dumps(results, indent=2))
     print(f"test split: {summarize(results)}")
     print(f"checkpoint: {ckpt}")

@@ -1,0 +1,35 @@
+"""A GPT's likelihood of a token split: mean cross-entropy in nats/token, bits/token and bits/dim."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+
+@torch.no_grad()
+def test_loss(model: nn.Module, loader: DataLoader, device: torch.device, conditional: bool) -> float:
+    """Mean cross-entropy (nats/token) over the whole split, in eval mode (no label dropout)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for tokens, labels in loader:
+        tokens = tokens.to(device)
+        _, loss = model(tokens, labels.to(device) if conditional else None, targets=tokens)
+        total += loss.item() * tokens.numel()
+        count += tokens.numel()
+    model.train(was_training)
+    return total / count
+
+
+def loss_metrics(gpt: nn.Module, loss: float, image_dims: int) -> dict[str, float]:
+    """A test loss with the units it is read in: nats/token, bits/token and bits/dim (bits per sub-pixel of the
+    token stream: the image's channels x height x width) for index tokens; a patch GPT's loss is per number
+    (its Gaussian NLL without the constant, or its MSE) and has no bits to count."""
+    if not gpt.is_discrete:
+        return {"loss": loss}
+    bits_per_token = loss / math.log(2)
+    return {"loss": loss, "bits_per_token": bits_per_token,
+            "bits_per_dim": bits_per_token * gpt.config.block_size / image_dims}
