@@ -10,7 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+# One intra-op thread per test process, scripts included: `make test` runs one worker per core, and two threads
+# per process fight over the cores (3-6x slower on 2 cores, docs/demo.md). Set before torch is imported.
+os.environ["OMP_NUM_THREADS"] = "1"
+
 import torch
+
+torch.set_num_threads(1)  # in case a plugin imported torch first
 
 from vqgpt.checkpoint import save_checkpoint
 from vqgpt.config import DatasetConfig, GPTConfig, VQConfig, VQGANConfig
@@ -62,8 +69,17 @@ def private_cache(tmp_path_factory) -> Path:
 
 
 def _run_script(name: str, *overrides: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    """scripts/<name> in `cwd` as a user runs it, with a private HOME (no user caches) and no wandb network."""
-    full = {**os.environ, "HOME": str(cwd), "VQGPT_CACHE": str(cwd / ".cache" / "vqgpt"), "WANDB_MODE": "disabled",
+    """scripts/<name> in `cwd` as a user runs it, with a private HOME (no user caches) and no wandb network.
+
+    Its vqgpt cache is private too, but for weights/: the LPIPS and Inception weights converted from the installed
+    packages are shared with this test process (converting Inception takes 5 s a time)."""
+    cache = cwd / ".cache" / "vqgpt"
+    shared = Path(os.environ["VQGPT_CACHE"]) / "weights"
+    if not (cache / "weights").exists():
+        shared.mkdir(parents=True, exist_ok=True)
+        cache.mkdir(parents=True, exist_ok=True)
+        (cache / "weights").symlink_to(shared, target_is_directory=True)
+    full = {**os.environ, "HOME": str(cwd), "VQGPT_CACHE": str(cache), "WANDB_MODE": "disabled",
             "VQGPT_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     full.pop("XDG_CACHE_HOME", None)
     return subprocess.run([sys.executable, str(ROOT / "scripts" / name), *overrides], cwd=cwd, env=full,

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import compose_run
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
@@ -129,3 +130,36 @@ def test_help_lists_groups_and_options(tmp_path):
         assert group in out.stdout
     for option in ("cifar10", "fashionmnist_small", "fsq", "wandb", "num_codewords", "batch_size"):
         assert option in out.stdout
+
+
+@pytest.mark.parametrize(("script", "override", "words"), [
+    ("train_gpt", "fid.num_samples=500", "fid.num_samples is not a config key"),
+    ("evaluate", "sampling.num_samples=500", "sampling.num_samples is not a config key"),
+])
+def test_a_number_of_samples_has_one_key_per_script(script, override, words):
+    """Regression: train_gpt.py's fid.num_samples (fid_samples decides) and evaluate.py's sampling.num_samples
+    (fid.num_samples decides) were accepted and ignored."""
+    from vqgpt.cli import check_command_line
+
+    with pytest.raises(UserError, match=words):
+        check_command_line(script, [override])
+    assert compose_run("evaluate", "fid.num_samples=500").fid.num_samples == 500
+
+
+def test_training_pictures_and_fid_draw_with_the_sampling_options(tmp_path, monkeypatch):
+    """Regression: train_gpt.py's sampling.* were accepted and ignored (the grids drew at temperature 1)."""
+    from conftest import make_tokenizer
+
+    import vqgpt.train.gpt as stage
+    from vqgpt.train.engine import Engine
+
+    make_tokenizer(tmp_path / "tok")
+    seen = []
+    monkeypatch.setattr(stage, "sample_class_grid", lambda *args, **kwargs: seen.append(args[4]))
+    run = compose_run("train_gpt", f"checkpoint_vae={tmp_path / 'tok'}", "trainer=debug", "trainer.max_steps=2",
+                      "gpt=tiny", "sampling.temperature=0.7", "sampling.top_k=5", "sampling.seed=3")
+    stage.GPTTask(run, Engine(run.trainer, tmp_path / "gpt", {}, run.logger, resume=None)).snapshot(None, 2)
+    assert (seen[0].temperature, seen[0].top_k, seen[0].seed) == (0.7, 5, 3)
+    bad = compose_run("train_gpt", f"checkpoint_vae={tmp_path / 'tok'}", "trainer=debug", "sampling.top_k=0")
+    with pytest.raises(UserError, match="top_k"):  # refused before the first step, not at the first picture
+        stage.GPTTask(bad, Engine(bad.trainer, tmp_path / "bad", {}, bad.logger, resume=None))

@@ -10,7 +10,15 @@ import torch
 from conftest import PATTERNS, make_tokenizer, one_error_line
 
 from vqgpt.checkpoint import save_checkpoint
-from vqgpt.config import ClassifierConfig, EvaluateRun, FIDConfig, GPTConfig, TrainerConfig, TrainGPTRun
+from vqgpt.config import (
+    ClassifierConfig,
+    EvaluateFIDConfig,
+    EvaluateRun,
+    FIDConfig,
+    GPTConfig,
+    TrainerConfig,
+    TrainGPTRun,
+)
 from vqgpt.data import dataset_info
 from vqgpt.errors import UserError
 from vqgpt.eval.evaluate import balanced_labels, check_run, describe_balance
@@ -64,10 +72,10 @@ def test_bad_evaluate_options_are_one_line_and_write_no_results(tiny_ckpts, run_
     vae = str(tiny_ckpts / "tok")
     for run, message in ((EvaluateRun(stage="decoder", checkpoint_vae=vae), "stage=decoder is not one of"),
                          (EvaluateRun(stage="tokenizer"), "checkpoint_vae is not set"),
-                         (EvaluateRun(checkpoint_vae=vae, checkpoint_gpt=vae, fid=FIDConfig(num_samples=1)),
+                         (EvaluateRun(checkpoint_vae=vae, checkpoint_gpt=vae, fid=EvaluateFIDConfig(num_samples=1)),
                           "at least 2 images"),
-                         (EvaluateRun(stage="tokenizer", checkpoint_vae=vae, fid=FIDConfig(reference_split="val")),
-                          "must be train or test")):
+                         (EvaluateRun(stage="tokenizer", checkpoint_vae=vae,
+                                      fid=EvaluateFIDConfig(reference_split="val")), "must be train or test")):
         with pytest.raises(UserError, match=message):
             check_run(run)
 

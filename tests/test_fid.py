@@ -86,7 +86,9 @@ def test_reference_statistics_are_computed_once_and_the_halves_make_the_whole(in
     assert path.is_file() and int(half0["features_num_samples"]) == int(half1["features_num_samples"]) == 8
     with torch.no_grad():
         whole = feature_sums(inception, [real], CPU)
-    torch.testing.assert_close(half0["features_sum"] + half1["features_sum"], whole["features_sum"])
+    # float32 features of batches of 8 against one batch of 16: equal to float32's precision
+    torch.testing.assert_close(half0["features_sum"] + half1["features_sum"], whole["features_sum"], rtol=1e-5,
+                               atol=1e-4)
 
     def no_pass(*args, **kwargs):
         raise AssertionError("the cached statistics should have been read")

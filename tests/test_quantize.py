@@ -468,3 +468,29 @@ def test_two_ranks_keep_identical_codebooks_and_ema_equals_one_big_batch(tmp_pat
     rank0 = torch.load(tmp_path / "ema_0.pt")
     for key, value in single.state_dict().items():
         torch.testing.assert_close(rank0[key], value, msg=key)
+
+
+def test_a_library_call_gets_a_value_error_naming_its_own_argument():
+    """Regression: VectorQuantize(num_codewords=0) raised command-line advice (`tokenizer.quantizer.num_codewords`)."""
+    from vqgpt import FSQ, VectorQuantize
+    from vqgpt.config import VQConfig, VQGANConfig
+    from vqgpt.tokenizers.vqgan.model import VQGAN
+
+    with pytest.raises(ValueError, match=r"^num_codewords=0 is invalid: need at least 1 codeword$"):
+        VectorQuantize(num_codewords=0)
+    with pytest.raises(ValueError, match=r"^levels=\[1, 4\] is invalid"):
+        FSQ(levels=[1, 4])
+    with pytest.raises(ValueError, match=r"^quantizer\.num_codewords=0 is invalid"):  # the key in VQGANConfig
+        VQGAN(VQGANConfig(in_channels=1, image_size=8, quantizer=VQConfig(num_codewords=0)))
+
+
+def test_the_command_line_names_the_config_key(tmp_path):
+    from conftest import TINY_TOKENIZER, compose_run
+
+    from vqgpt.train.engine import Engine
+    from vqgpt.train.tokenizer import VQGANTask
+
+    run = compose_run("train_tokenizer", *TINY_TOKENIZER, "tokenizer.quantizer.num_codewords=0")
+    engine = Engine(run.trainer, tmp_path, {}, run.logger, resume=None)
+    with pytest.raises(UserError, match=r"^tokenizer\.quantizer\.num_codewords=0 is invalid"):
+        VQGANTask(run, engine)

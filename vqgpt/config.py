@@ -261,10 +261,10 @@ class LoggerConfig:
 
 
 @dataclass
-class SamplingConfig:
-    """Sampling options; None means off."""
+class SamplingOptions:
+    """How tokens are drawn; None means off. What evaluate.py and training's pictures and FID-N take (they say
+    how many images elsewhere)."""
 
-    num_samples: int = 16
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float | None = None
@@ -276,16 +276,29 @@ class SamplingConfig:
 
 
 @dataclass
+class SamplingConfig(SamplingOptions):
+    """sample.py's sampling: the options, and how many images of each class."""
+
+    num_samples: int = 16
+
+
+@dataclass
 class FIDConfig:
     """FID's options (vqgpt/eval/fid.py); every FID saves the protocol they make with it."""
 
-    num_samples: int = 10000  # evaluate.py stage=gpt: images generated (class-balanced when conditional)
     reference_split: str = "test"  # the real images' split
     reference_size: int | None = None  # its first N images; None = all of it
     batch_size: int = 100  # images per Inception pass
     inception_score: bool | None = None  # None = on for RGB datasets (IS is an ImageNet-classifier score)
     inception_weights: str | None = None  # your own InceptionV3 file; None = the weights helper finds it
     inception_logits_weights: str | None = None  # IS's classifier head; None = found or downloaded
+
+
+@dataclass
+class EvaluateFIDConfig(FIDConfig):
+    """evaluate.py's FID: the options, and how many samples (class-balanced when conditional)."""
+
+    num_samples: int = 10000
 
 
 @dataclass
@@ -309,11 +322,11 @@ class TrainGPTRun:
     gpt: GPTConfig = field(default_factory=GPTConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)  # the sample grids' and FID-N's draws
     cache_dir: str | None = None  # token cache; None = next to the tokenizer checkpoint
     hflip_copies: bool = False  # also cache horizontally flipped training images (doubles the train split)
     fid_samples: int = 0  # log val/fid of this many samples every trainer.eval_every steps; 0 = off
-    fid: FIDConfig = field(default_factory=FIDConfig)  # its protocol options (num_samples is fid_samples)
+    fid: FIDConfig = field(default_factory=FIDConfig)  # its protocol options
     out_dir: str = "."
     resume: str | None = None
 
@@ -346,9 +359,9 @@ class EvaluateRun:
     checkpoint_vae: str | None = None
     checkpoint_gpt: str | None = None  # stage=gpt
     checkpoint_classifier: str | None = None  # stage=gpt: per-class accuracy of class-conditional samples
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)  # num_samples: see fid.num_samples
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)  # how many: fid.num_samples
     cfg_scales: list[float] | None = None  # stage=gpt: one FID per scale (a sweep); None = sampling.cfg_scale
-    fid: FIDConfig = field(default_factory=FIDConfig)
+    fid: EvaluateFIDConfig = field(default_factory=EvaluateFIDConfig)
     ema: bool = True  # the GPT's EMA weights when it has them
     device: str = "auto"
     batch_size: int = 256  # images reconstructed / sequences sampled at once

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
+from typing import Any
 
 
 class UserError(Exception):
@@ -10,6 +13,25 @@ class UserError(Exception):
 
     label = "error"  # the line's prefix
     exit_code = 2
+
+
+class ArgumentError(UserError, ValueError):
+    """A bad argument of a library call, named as the caller wrote it: `VectorQuantize(num_codewords=0)` raises
+    a ValueError `num_codewords=0 is invalid: ...`. A caller that built the layer from a config names the full key
+    with `argument_prefix` (`tokenizer.quantizer.num_codewords=0 ...` on the command line)."""
+
+    def __init__(self, name: str, value: Any, rule: str):
+        self.name, self.value, self.rule = name, value, rule
+        super().__init__(f"{name}={value!r} is invalid: {rule}")
+
+
+@contextlib.contextmanager
+def argument_prefix(prefix: str) -> Iterator[None]:
+    """Re-raise an ArgumentError of the block with `prefix` before its name (`"tokenizer."`, `"quantizer."`)."""
+    try:
+        yield
+    except ArgumentError as e:
+        raise ArgumentError(prefix + e.name, e.value, e.rule) from None
 
 
 def one_line(e: BaseException) -> str:

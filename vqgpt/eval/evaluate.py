@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Subset
 from torchmetrics.classification import MulticlassAccuracy
 
 from vqgpt.checkpoint import dataclass_from_dict, load_checkpoint
-from vqgpt.config import DatasetConfig, EvaluateRun, FIDConfig, SampleRun, SamplingConfig
+from vqgpt.config import DatasetConfig, EvaluateRun, FIDConfig, SampleRun, SamplingConfig, SamplingOptions
 from vqgpt.data import build_dataset
 from vqgpt.data.token_cache import TokenDataset, prepare_token_cache
 from vqgpt.errors import UserError
@@ -139,7 +139,7 @@ def describe_balance(labels: torch.Tensor | None, class_names: list[str] | None)
 
 
 @torch.no_grad()
-def sample_fid(models: Models, fid: FID, labels: torch.Tensor | None, num: int, s: SamplingConfig,
+def sample_fid(models: Models, fid: FID, labels: torch.Tensor | None, num: int, s: SamplingOptions,
                batch_size: int, classifier: torch.nn.Module | None = None, desc: str = "sampling") -> dict[str, Any]:
     """FID (and IS, class accuracy) of `num` samples drawn `batch_size` at a time (pipeline.image_batches)."""
     fid.reset()
@@ -181,16 +181,18 @@ def token_metrics(run: EvaluateRun, models: Models, device: torch.device) -> dic
 
 def evaluate_gpt(run: EvaluateRun, device: torch.device) -> dict[str, Any]:
     """Test nats/token, then FID-N of class-balanced samples for each cfg scale (IS and class accuracy with it)."""
+    sampling = SamplingConfig(**dataclasses.asdict(run.sampling), num_samples=run.fid.num_samples)
     sample_run = SampleRun(checkpoint_vae=run.checkpoint_vae, checkpoint_gpt=run.checkpoint_gpt,
-                           sampling=run.sampling, ema=run.ema, batch_size=run.batch_size)
+                           checkpoint_classifier=run.checkpoint_classifier, sampling=sampling, ema=run.ema,
+                           batch_size=run.batch_size)
     scales = list(run.cfg_scales) if run.cfg_scales else [run.sampling.cfg_scale]
-    with_scale = [dataclasses.replace(sample_run, sampling=dataclasses.replace(run.sampling, cfg_scale=scale))
+    with_scale = [dataclasses.replace(sample_run, sampling=dataclasses.replace(sampling, cfg_scale=scale))
                   for scale in scales]
     models = load_models(with_scale[0], device)
     for checked in with_scale[1:]:  # every scale passes the sampling checks before anything runs
         check_sample_run(checked, models.gpt)
-    classifier = None
-    if run.checkpoint_classifier:
+    classifier = models.classifier  # loaded for rejection (sampling.accept_n > 1), or just for the accuracy:
+    if run.checkpoint_classifier and classifier is None:
         classifier = load_checkpoint(run.checkpoint_classifier, expected_stage="classifier", map_location=device)
         check_classifier(classifier.model, models.tokenizer, models.gpt, run.checkpoint_classifier)
         classifier = classifier.model.eval()

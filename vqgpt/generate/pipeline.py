@@ -24,7 +24,7 @@ from torchvision.transforms.functional import pil_to_tensor
 from torchvision.utils import make_grid, save_image
 
 from vqgpt.checkpoint import checkpoint_hash, dataclass_from_dict, load_checkpoint
-from vqgpt.config import DatasetConfig, SampleRun, SamplingConfig
+from vqgpt.config import DatasetConfig, SampleRun, SamplingOptions
 from vqgpt.data import build_dataset
 from vqgpt.errors import UserError
 from vqgpt.generate.sampling import check_sampling_args, generate, resolve_class
@@ -146,8 +146,8 @@ def check_outputs(out_dir: Path, run: SampleRun, models: Models) -> None:
 # Sampling
 
 
-def sample_kwargs(s: SamplingConfig) -> dict:
-    """The options `generate` takes from a SamplingConfig (all but seed, num_samples, class_label, accept_n)."""
+def sample_kwargs(s: SamplingOptions) -> dict:
+    """The options `generate` takes from SamplingOptions (all but seed, class_label, accept_n)."""
     return {"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p, "cfg_scale": s.cfg_scale,
             "compile": s.compile}
 
@@ -160,7 +160,7 @@ def decode(tokenizer: Tokenizer, tokens: torch.Tensor, batch_size: int = 256) ->
     return torch.cat([tokenizer.decode_tokens(chunk) for chunk in grids.split(batch_size)])
 
 
-def sample_tokens(gpt: nn.Module, cond: torch.Tensor | None, num: int, s: SamplingConfig,
+def sample_tokens(gpt: nn.Module, cond: torch.Tensor | None, num: int, s: SamplingOptions,
                   batch_size: int) -> torch.Tensor:
     """(num, block_size) tokens, `batch_size` sequences at a time; chunk i draws from seed + i."""
     out = []
@@ -171,7 +171,7 @@ def sample_tokens(gpt: nn.Module, cond: torch.Tensor | None, num: int, s: Sampli
     return torch.cat(out)
 
 
-def sample_images(models: Models, cond: torch.Tensor | None, num: int, s: SamplingConfig,
+def sample_images(models: Models, cond: torch.Tensor | None, num: int, s: SamplingOptions,
                   batch_size: int) -> torch.Tensor:
     """(num, C, H, W) images; with accept_n > 1, each the classifier's best of accept_n candidates."""
     n = s.accept_n or 1
@@ -188,7 +188,7 @@ def sample_images(models: Models, cond: torch.Tensor | None, num: int, s: Sampli
     return best_of(images.view(num, n, *images.shape[1:]), scores)
 
 
-def image_batches(num: int, s: SamplingConfig, batch_size: int) -> list[tuple[range, SamplingConfig]]:
+def image_batches(num: int, s: SamplingOptions, batch_size: int) -> list[tuple[range, SamplingOptions]]:
     """The batches of a run of `num` images, each with the settings it is drawn with: `batch_size` sequences
     at a time (accept_n candidates per image), and seeds that no two batches share, so that any batch can be
     drawn again on its own (resuming) and give the same images."""
@@ -208,7 +208,7 @@ def grid_labels(num_classes: int, per_class: int, label: int | None = None) -> l
     return [c for c in classes for _ in range(per_class)]
 
 
-def sample_class_grid(tokenizer: Tokenizer, gpt: nn.Module, path: Path, per_class: int, s: SamplingConfig,
+def sample_class_grid(tokenizer: Tokenizer, gpt: nn.Module, path: Path, per_class: int, s: SamplingOptions,
                       batch_size: int) -> Path:
     """A PNG of `per_class` samples of every class (one row each), or a square of unconditional ones;
     `batch_size` sequences at a time, so 1,000 classes never mean 8,000 KV caches at once."""
@@ -325,7 +325,7 @@ def sample_grid(run: SampleRun, models: Models, out_dir: Path) -> Path:
 # Decoding GIF
 
 
-def decoding_frames(models: Models, cond: torch.Tensor | None, num: int, s: SamplingConfig,
+def decoding_frames(models: Models, cond: torch.Tensor | None, num: int, s: SamplingOptions,
                     every: int) -> list[torch.Tensor]:
     """Token grids (num, T), one every `every` tokens and at the end: the tokens so far, the rest filled.
 
@@ -387,7 +387,7 @@ def completion_prefix(tokens: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def complete(models: Models, images: torch.Tensor, labels: torch.Tensor | None, num: int,
-             s: SamplingConfig) -> tuple[torch.Tensor, torch.Tensor]:
+             s: SamplingOptions) -> tuple[torch.Tensor, torch.Tensor]:
     """Real token grids (B, h, w[, D]) of `images`, and `num` completions of each (B, num, h, w[, D]) from the
     top half."""
     h, w = models.tokenizer.latent_grid

@@ -18,12 +18,13 @@ import torch
 from torch.utils.data import DataLoader
 
 from vqgpt.checkpoint import checkpoint_hash, dataclass_from_dict, load_checkpoint, read_meta
-from vqgpt.config import DatasetConfig, GPTConfig, SamplingConfig, TrainGPTRun
+from vqgpt.config import DatasetConfig, GPTConfig, TrainGPTRun
 from vqgpt.data.token_cache import TokenDataset, prepare_token_cache
 from vqgpt.errors import UserError
 from vqgpt.eval.evaluate import balanced_labels, build_fid, sample_fid
 from vqgpt.eval.likelihood import loss_metrics, test_loss
 from vqgpt.generate.pipeline import Models, sample_class_grid
+from vqgpt.generate.sampling import check_sampling_args
 from vqgpt.models.gpt import GPT
 from vqgpt.models.patch_gpt import PatchGPT
 from vqgpt.train.engine import Engine
@@ -91,8 +92,11 @@ class GPTTask:
         self.meta.update(vocab_size=self.config.vocab_size, block_size=self.config.block_size,
                          latent_grid=header["grid"], tokenizer_hash=header["tokenizer_hash"],
                          tokenizer_path=str(Path(vae_path).resolve()))
-        self.out_dir, self.device, self.seed, self.batch_size = engine.out_dir, device, t.seed, t.batch_size
+        self.out_dir, self.device, self.batch_size = engine.out_dir, device, t.batch_size
         self.fid_samples, self.fid_config, self.fid = run.fid_samples, run.fid, None
+        s = self.sampling = run.sampling  # how the sample grids and FID-N draw
+        check_sampling_args(self.config.vocab_size, s.temperature, s.top_k, s.top_p, s.cfg_scale,
+                            self.config.num_classes)
         self.data_config = header.get("data_config")
 
     def describe(self) -> str:
@@ -129,14 +133,14 @@ class GPTTask:
             self.fid = build_fid(self.fid_config, data_cfg, self.device)
         models = Models(self.tokenizer, model, self.meta["class_names"], self.data_config)
         labels = balanced_labels(self.fid_samples, self.config.num_classes)
-        out = sample_fid(models, self.fid, labels, self.fid_samples, SamplingConfig(seed=self.seed),
+        out = sample_fid(models, self.fid, labels, self.fid_samples, self.sampling,
                          self.batch_size, desc=f"FID-{self.fid_samples} samples")
         return {"fid": out["fid"], "fid_protocol": out["protocol"]}
 
     def snapshot(self, model: GPT, step: int) -> Path:
         """A grid of samples, one row per class."""
         return sample_class_grid(self.tokenizer, model, self.out_dir / "samples" / f"step_{step:07d}.png", 8,
-                                 SamplingConfig(seed=self.seed), batch_size=self.batch_size)
+                                 self.sampling, batch_size=self.batch_size)
 
     def summary(self, results: dict[str, Any]) -> str:
         fid = f", FID-{self.fid_samples} {results['fid']:.2f}" if "fid" in results else ""

@@ -23,7 +23,7 @@ from vqgpt.checkpoint import save_checkpoint
 from vqgpt.config import PatchConfig, PixelConfig, TrainTokenizerRun, VQGANConfig
 from vqgpt.data import build_dataset, dataset_info
 from vqgpt.device import pick_device, set_threads
-from vqgpt.errors import UserError
+from vqgpt.errors import UserError, argument_prefix
 from vqgpt.eval.lpips import build_lpips
 from vqgpt.eval.reconstruction import reconstruction_metrics
 from vqgpt.images import save_grid
@@ -76,7 +76,8 @@ class VQGANTask:
         with engine.main_first():  # one download per machine
             self.train_set, self.test_set = build_dataset(run.dataset, "train"), build_dataset(run.dataset, "test")
         engine.check_data(self.train_set)
-        self.model = VQGAN(run.tokenizer).to(device)
+        with argument_prefix("tokenizer."):  # the command line's name for it
+            self.model = VQGAN(run.tokenizer).to(device)
         loss = run.tokenizer.loss
         lpips_net = build_lpips(loss.lpips_weights) if loss.perceptual_weight > 0 else None
         self.criterion = VQGANLoss(loss, lpips_net, build_discriminator(run.tokenizer)).to(device)

@@ -17,18 +17,17 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from vqgpt.config import FSQConfig
-from vqgpt.errors import UserError
+from vqgpt.errors import ArgumentError
 from vqgpt.tokenizers.quantizers.base import Quantizer, QuantizerOutput
 
 
 def check_fsq_config(cfg: FSQConfig) -> None:
-    """Raise a one-line UserError naming the key and the fix for a bad FSQ setting."""
+    """Raise an ArgumentError (a ValueError) naming the argument and the fix for a bad FSQ setting."""
     if len(cfg.levels) < 1 or min(cfg.levels) < 2:
-        raise UserError(f"tokenizer.quantizer.levels={list(cfg.levels)} is invalid: need >= 1 channel, each >= 2 "
-                        "levels")
+        raise ArgumentError("levels", list(cfg.levels), "need >= 1 channel, each >= 2 levels")
     for key in ("embedding_dim", "usage_window"):
         if getattr(cfg, key) < 1:
-            raise UserError(f"tokenizer.quantizer.{key}={getattr(cfg, key)} is invalid: must be >= 1")
+            raise ArgumentError(key, getattr(cfg, key), "must be >= 1")
 
 
 class FSQ(Quantizer):

@@ -21,7 +21,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from vqgpt.config import VQConfig
-from vqgpt.errors import UserError
+from vqgpt.errors import ArgumentError
 from vqgpt.tokenizers.quantizers.base import Quantizer, QuantizerOutput, _all_reduce, _broadcast, _sample_rows
 
 INIT_METHODS = ("random", "uniform", "latent_random", "kmeans")
@@ -270,12 +270,10 @@ class VectorQuantize(Quantizer):
 # config checks
 
 def check_vq_config(cfg: VQConfig) -> None:
-    """Raise a one-line UserError naming the key and the fix for the first bad setting in `cfg`."""
-    key = "tokenizer.quantizer."
-
+    """Raise an ArgumentError (a ValueError) naming the argument and the fix for the first bad setting in `cfg`."""
     def need(ok: bool, name: str, rule: str) -> None:
         if not ok:
-            raise UserError(f"{key}{name}={getattr(cfg, name)!r} is invalid: {rule}")
+            raise ArgumentError(name, getattr(cfg, name), rule)
 
     need(cfg.num_codewords >= 1, "num_codewords", "need at least 1 codeword")
     need(cfg.embedding_dim >= 1, "embedding_dim", "must be >= 1 (the encoder's output channels)")

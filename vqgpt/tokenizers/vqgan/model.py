@@ -21,7 +21,7 @@ from einops import rearrange
 from torch import nn
 
 from vqgpt.config import VQGANConfig
-from vqgpt.errors import UserError
+from vqgpt.errors import UserError, argument_prefix
 from vqgpt.registry import register_model
 from vqgpt.tokenizers.base import Tokenizer
 from vqgpt.tokenizers.quantizers import QuantizerOutput, build_quantizer
@@ -224,7 +224,8 @@ class VQGAN(Tokenizer):
         self.encoder = Encoder(cfg)
         encoder_out = 2 * cfg.z_channels if cfg.double_z else cfg.z_channels
         self.quant_conv = nn.Conv2d(encoder_out, cfg.embed_dim, kernel_size=1)
-        self.quantizer = build_quantizer(cfg.quantizer)
+        with argument_prefix("quantizer."):  # a bad quantizer setting is named by its key in this config
+            self.quantizer = build_quantizer(cfg.quantizer)
         self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, kernel_size=1)
         self.decoder = Decoder(cfg)
 
