@@ -15,7 +15,7 @@ PY=${PY:-.venv/bin/python}
 VQ=${VQ:-outputs/quality_fashionmnist/tokenizer/checkpoints/last}
 DATA="dataset=fashionmnist dataset.image_size=32 dataset.resize=pad"
 GPT="experiment=gpt_demo gpt.num_classes=0 trainer.max_steps=500 trainer.batch_size=16 trainer.eval_every=1000
-  trainer.sample_and_save_freq=500 trainer.checkpoint_every=100"
+  trainer.sample_every=500 trainer.checkpoint_every=100"
 mkdir -p "$OUT"
 
 stage() {  # stage NAME COMMAND...: run it unless done, append its wall time

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 RUNS=outputs/benchmarks/demo_threads
 rm -rf "$RUNS"
-quiet="trainer.eval_every=100000 trainer.sample_and_save_freq=100000 trainer.checkpoint_every=100000 trainer.progress_bar=false"
+quiet="trainer.eval_every=100000 trainer.sample_every=100000 trainer.checkpoint_every=100000 trainer.progress_bar=false"
 $PY scripts/train_tokenizer.py experiment=tokenizer_demo trainer.max_steps=2 hydra.run.dir=$RUNS/tokenizer > /dev/null
 echo "| stage | load | num_threads | s/step |"
 echo "|---|---|---|---:|"

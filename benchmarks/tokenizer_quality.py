@@ -159,7 +159,7 @@ def shared_overrides(quick: bool, steps: int) -> list[str]:
         "tokenizer.loss.perceptual_weight=0", f"tokenizer.loss.disc_start={steps + 1}",  # LPIPS only at eval
         f"trainer.max_steps={steps}", "trainer.batch_size=32", "trainer.lr=1e-3", "trainer.warmup_steps=100",
         "trainer.device=cpu", "trainer.num_workers=0", "trainer.seed=0", f"trainer.log_every={max(steps // 20, 1)}",
-        f"trainer.eval_every={steps}", f"trainer.sample_and_save_freq={steps}", f"trainer.checkpoint_every={steps}",
+        f"trainer.eval_every={steps}", f"trainer.sample_every={steps}", f"trainer.checkpoint_every={steps}",
         "trainer.progress_bar=false", "logger=none",
     ]
 

@@ -50,7 +50,7 @@ def base_overrides(args: argparse.Namespace) -> list[str]:
     return ["dataset=patterns", f"dataset.num_train={steps * args.batch}", "dataset.num_test=64",
             f"tokenizer={args.tokenizer}", f"trainer.max_steps={steps}", f"trainer.batch_size={args.batch}",
             f"trainer.device={args.device}", "trainer.num_workers=0", f"trainer.num_threads={args.threads}",
-            f"trainer.log_every={steps}", f"trainer.eval_every={steps}", f"trainer.sample_and_save_freq={steps}",
+            f"trainer.log_every={steps}", f"trainer.eval_every={steps}", f"trainer.sample_every={steps}",
             f"trainer.checkpoint_every={steps}", "trainer.progress_bar=false", "logger=none"]
 
 

@@ -13,7 +13,7 @@ from vqgpt.config import ClassifyRun
 
 @cli.main("classify")
 def main(run: ClassifyRun) -> None:
-    from vqgpt.train.classify import classify  # after the command line is checked: errors come in a second
+    from vqgpt.train.gpt_classifier import classify  # after the command line is checked: errors come in a second
 
     classify(run, *cli.make_run_dir(run))
 

@@ -12,7 +12,9 @@ from vqgpt.config import TrainClassifierRun
 
 @cli.main("train_classifier")
 def main(run: TrainClassifierRun) -> None:
-    from vqgpt.train.classifier import train_classifier  # after the command line is checked: errors come in a second
+    from vqgpt.train.image_classifier import (
+        train_classifier,  # after the command line is checked: errors come in a second
+    )
 
     train_classifier(run, *cli.make_run_dir(run))
 

@@ -12,12 +12,12 @@ from vqgpt.checkpoint import load_checkpoint
 from vqgpt.config import ClassifyRun, GPTConfig, ProbeConfig, TrainerConfig, TrainGPTRun
 from vqgpt.errors import UserError
 from vqgpt.models.gpt_classifier import GPTClassifier
-from vqgpt.train.classify import classify, fit_linear
 from vqgpt.train.gpt import train_gpt
+from vqgpt.train.gpt_classifier import classify, fit_linear
 from vqgpt.train.tokenizer import train_tokenizer
 
 TRAINER = dict(batch_size=8, warmup_steps=1, device="cpu", num_workers=0, log_every=1, eval_every=100,
-               sample_and_save_freq=100, checkpoint_every=100, progress_bar=False)
+               sample_every=100, checkpoint_every=100, progress_bar=False)
 
 
 @pytest.fixture(scope="module")

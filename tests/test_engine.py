@@ -24,9 +24,9 @@ from vqgpt.config import GPTConfig, SampleRun, TrainerConfig, TrainGPTRun
 from vqgpt.errors import UserError
 from vqgpt.generate.pipeline import load_models
 from vqgpt.models.gpt import GPT
-from vqgpt.train.classifier import ClassifierTask
 from vqgpt.train.engine import Engine, Interrupted
 from vqgpt.train.gpt import GPTTask
+from vqgpt.train.image_classifier import ClassifierTask
 from vqgpt.train.optim import adamw
 from vqgpt.train.state import load_train_state
 from vqgpt.train.tokenizer import VQGANTask
@@ -86,7 +86,7 @@ def assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> 
 def tokenizer_run(*overrides: str, restart_after: int | None = 2, batch_size: int = 8):
     # restart_after=2: dead codes are reseeded all along, so restarts happen after the break too
     return compose_run("train_tokenizer", *TINY_TOKENIZER, "trainer.max_steps=8", "trainer.checkpoint_every=100",
-                       "trainer.eval_every=100", "trainer.sample_and_save_freq=100", f"trainer.batch_size={batch_size}",
+                       "trainer.eval_every=100", "trainer.sample_every=100", f"trainer.batch_size={batch_size}",
                        "tokenizer.quantizer.num_codewords=64",
                        f"tokenizer.quantizer.restart_after={'null' if restart_after is None else restart_after}",
                        *overrides)
@@ -101,7 +101,7 @@ def vae(tmp_path_factory) -> Path:
 
 def gpt_run(vae: Path, **trainer) -> TrainGPTRun:
     t = dict(max_steps=8, batch_size=4, grad_accum=2, warmup_steps=2, device="cpu", num_workers=0, log_every=1,
-             eval_every=100, sample_and_save_freq=100, checkpoint_every=100, progress_bar=False, ema_decay=0.9)
+             eval_every=100, sample_every=100, checkpoint_every=100, progress_bar=False, ema_decay=0.9)
     t.update(trainer)
     return TrainGPTRun(checkpoint_vae=str(vae), trainer=TrainerConfig(**t),
                        gpt=GPTConfig(n_layer=1, n_head=2, n_embd=16, dropout=0.1, class_dropout=0.2))
@@ -139,7 +139,7 @@ def test_gpt_with_accumulation_dropout_and_ema_resumes_bit_for_bit(tmp_path, vae
 def test_a_resume_across_evaluations_and_pictures_is_exact(tmp_path, vae):
     """Regression: a run of 3 steps extended to 6 drifted from a straight run of 6 once an evaluation or a
     picture fell after the resume point (they drew from the training's random streams)."""
-    cadence = dict(lr=1e-3, min_lr=1e-3, warmup_steps=0, eval_every=1, sample_and_save_freq=1, checkpoint_every=1)
+    cadence = dict(lr=1e-3, min_lr=1e-3, warmup_steps=0, eval_every=1, sample_every=1, checkpoint_every=1)
     fit(GPTTask, gpt_run(vae, max_steps=6, **cadence), tmp_path / "straight")
     fit(GPTTask, gpt_run(vae, max_steps=3, **cadence), tmp_path / "split")  # its last step: no periodic eval
     fit(GPTTask, dataclasses.replace(gpt_run(vae, max_steps=6, **cadence), resume="true"), tmp_path / "split")
@@ -443,7 +443,7 @@ def test_sigterm_stops_a_training_script_whose_printed_command_resumes_it_exactl
     args = [f"checkpoint_vae={tiny_ckpts / 'tok'}", "gpt=tiny", "trainer=debug", "trainer.max_steps=600",
             "trainer.num_threads=1",
             "trainer.batch_size=4", "trainer.log_every=10", "trainer.eval_every=100000",
-            "trainer.checkpoint_every=100000", "trainer.sample_and_save_freq=100000"]
+            "trainer.checkpoint_every=100000", "trainer.sample_every=100000"]
     env = {**os.environ, "HOME": str(tmp_path), "VQGPT_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "disabled"}
     straight = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_gpt.py"), *args,
                                f"hydra.run.dir={tmp_path / 'straight'}"], cwd=tmp_path, env=env,

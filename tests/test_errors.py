@@ -18,6 +18,7 @@ from conftest import PATTERNS, make_gpt, make_tokenizer, one_error_line
 from vqgpt.checkpoint import WRITTEN_HERE, checkpoint_hash, load_checkpoint, save_checkpoint
 from vqgpt.data import dataset_info
 from vqgpt.data.token_cache import prepare_token_cache
+from vqgpt.errors import UserError
 from vqgpt.tokenizers.vqgan.model import VQGAN
 from vqgpt.train.state import resume_from
 
@@ -272,3 +273,47 @@ def test_wandb_mode_environment_variable_is_named(tmp_path, run_script):
     line = one_error_line(out)
     assert "environment variable WANDB_MODE is 'bogus'" in line and "unset WANDB_MODE" in line
     assert run_files(tmp_path / "run") == []
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["dataset=folder", "dataset.root=/data/my", "imgs"],
+     "'imgs' is not key=value: the shell split `dataset.root=/data/my imgs` at a space; quote the whole override: "
+     "'dataset.root=/data/my imgs'"),
+    (["dataset=folder", "dataset.root=/data/my imgs!"], """quote it for Hydra inside the shell's quotes: \
+'dataset.root="/data/my imgs!"'"""),
+    (["dataset=folder", "dataset.root=/data/it's here"], """quote it for Hydra inside the shell's quotes: \
+"dataset.root=\\"/data/it's here\\"\""""),
+])
+def test_a_value_with_a_space_or_syntax_says_how_to_quote_it(args, words):
+    """Regression: these printed Hydra's raw `LexerNoViableAltException: ...`."""
+    from vqgpt.cli import check_command_line
+    from vqgpt.config import register_configs
+
+    register_configs()
+    with pytest.raises(UserError) as err:
+        check_command_line("train_tokenizer", args)
+    assert words in str(err.value)
+    fixed = [args[0], 'dataset.root="/data/my imgs!"']  # what the line says to type composes
+    assert check_command_line("train_tokenizer", fixed) is not None
+
+
+def test_a_renamed_key_names_its_new_name():
+    """trainer.sample_and_save_freq only ever drew pictures: it is trainer.sample_every now."""
+    from vqgpt.cli import check_command_line
+    from vqgpt.config import register_configs
+
+    register_configs()
+    with pytest.raises(UserError, match=r"^trainer.sample_and_save_freq is now trainer.sample_every; use that name$"):
+        check_command_line("train_gpt", ["trainer.sample_and_save_freq=5"])
+
+
+def test_an_experiment_of_another_quantizer_names_the_key_and_its_file():
+    """Regression: docs/configs.md's `tokenizer/quantizer=fsq experiment=tokenizer_demo` said only
+    `ConfigKeyError raised while composing config`."""
+    from vqgpt.cli import check_command_line
+    from vqgpt.config import register_configs
+
+    register_configs()
+    with pytest.raises(UserError, match=r"^configs/experiment/tokenizer_demo.yaml sets it: "
+                                        r"tokenizer.quantizer.num_codewords is not a FSQConfig key"):
+        check_command_line("train_tokenizer", ["tokenizer/quantizer=fsq", "experiment=tokenizer_demo"])

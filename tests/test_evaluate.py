@@ -22,7 +22,7 @@ from vqgpt.config import (
 from vqgpt.data import dataset_info
 from vqgpt.errors import UserError
 from vqgpt.eval.evaluate import balanced_labels, check_run, describe_balance
-from vqgpt.models.classifier import Classifier
+from vqgpt.models.image_classifier import Classifier
 from vqgpt.train.engine import Engine
 from vqgpt.train.gpt import GPTTask
 
@@ -92,7 +92,7 @@ def test_gpt_training_logs_fid_n_through_the_same_code(tmp_path):
     vae = tmp_path / "tok"
     make_tokenizer(vae)
     trainer = TrainerConfig(max_steps=2, batch_size=4, warmup_steps=1, device="cpu", num_workers=0, log_every=1,
-                            eval_every=100, sample_and_save_freq=100, checkpoint_every=100, progress_bar=False)
+                            eval_every=100, sample_every=100, checkpoint_every=100, progress_bar=False)
     run = TrainGPTRun(checkpoint_vae=str(vae), trainer=trainer, gpt=GPTConfig(n_layer=1, n_head=2, n_embd=16),
                       fid_samples=6, fid=dataclasses.replace(FIDConfig(), reference_size=4, batch_size=4,
                                                               inception_score=False))

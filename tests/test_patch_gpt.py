@@ -93,7 +93,7 @@ def test_the_gpt_stage_and_every_sampling_output_run_on_patches(tmp_path):
     meta = {**dataset_info(DATA), **tok.checkpoint_meta(), "data_config": dataclasses.asdict(DATA)}
     save_checkpoint(tmp_path / "tok", tok, stage="tokenizer", arch="patch", meta=meta, step=0)
     trainer = TrainerConfig(max_steps=3, batch_size=8, warmup_steps=1, device="cpu", num_workers=0, log_every=1,
-                            eval_every=10, sample_and_save_freq=3, checkpoint_every=3, progress_bar=False)
+                            eval_every=10, sample_every=3, checkpoint_every=3, progress_bar=False)
     run = TrainGPTRun(checkpoint_vae=str(tmp_path / "tok"), gpt=GPTConfig(n_layer=1, n_head=2, n_embd=16),
                       trainer=trainer)
     results = train_gpt(run, tmp_path / "gpt", {})

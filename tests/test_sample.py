@@ -17,7 +17,7 @@ from vqgpt.checkpoint import load_checkpoint
 from vqgpt.config import SampleRun
 from vqgpt.data import build_dataset
 from vqgpt.generate import pipeline
-from vqgpt.models.classifier import best_of, class_scores
+from vqgpt.models.image_classifier import best_of, class_scores
 
 
 def written(run_dir: Path) -> list[str]:

@@ -64,7 +64,7 @@ def save_threshold(path: Path, data: DatasetConfig = DATA) -> ThresholdTokenizer
 
 def tiny_run(vae: Path, **gpt) -> TrainGPTRun:
     trainer = TrainerConfig(max_steps=4, batch_size=8, warmup_steps=1, device="cpu", num_workers=0, log_every=1,
-                            eval_every=2, sample_and_save_freq=4, checkpoint_every=2, progress_bar=False)
+                            eval_every=2, sample_every=4, checkpoint_every=2, progress_bar=False)
     return TrainGPTRun(checkpoint_vae=str(vae), gpt=GPTConfig(n_layer=1, n_head=2, n_embd=16, **gpt),
                        trainer=trainer)
 

@@ -24,6 +24,9 @@ from omegaconf import DictConfig, OmegaConf
 from vqgpt.config import CONFIG_DIR, check_known_keys, register_configs, to_object
 from vqgpt.errors import UserError
 
+# Keys renamed since a release: the old name is refused, naming the new one.
+RENAMED_KEYS = {"sample_and_save_freq": "sample_every"}  # it only ever drew pictures (saving: checkpoint_every)
+
 # Scripts whose experiments are recipes of one stage: `experiment=` takes only names with this prefix.
 EXPERIMENT_STAGE = {"train_tokenizer": "tokenizer_", "train_gpt": "gpt_"}
 
@@ -114,6 +117,7 @@ def check_command_line(config_name: str, args: list[str]) -> Path | None:
                           for script, p in EXPERIMENT_STAGE.items() if name.startswith(p)), "")
             raise UserError(f"experiment={name} is not a {config_name} experiment{owner}; {config_name} takes one "
                             f"of: {', '.join(experiments(prefix))}")
+    _check_syntax(args)
     try:
         with initialize_config_dir(str(CONFIG_DIR), version_base="1.3", job_name=config_name):
             cfg = compose(config_name, overrides=args, return_hydra_config=True)
@@ -127,6 +131,30 @@ def check_command_line(config_name: str, args: list[str]) -> Path | None:
         return None
     _check_creatable(run_dir, "hydra.run.dir")
     return run_dir
+
+
+def _check_syntax(args: list[str]) -> None:
+    """Each override parsed alone, so that a value the shell split at a space, or one with characters Hydra's
+    grammar reads as syntax (`!`, `#`, `;`, quotes, brackets), is named with the quoting that fixes it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for i, arg in enumerate(args):
+        try:
+            parser.parse_overrides([arg])
+        except Exception:  # Hydra's OverrideParseException, or the ANTLR lexer's own
+            key, eq, value = arg.partition("=")
+            before = args[i - 1] if i else ""
+            if not eq and "=" in before:
+                raise UserError(f"{arg!r} is not key=value: the shell split `{before} {arg}` at a space; quote the "
+                                f"whole override: '{before} {arg}'") from None
+            if not eq:
+                raise UserError(f"{arg!r} is not key=value; write key=value, e.g. trainer.max_steps=100 (`--help` "
+                                "lists every key)") from None
+            inner = value.replace("\\", "\\\\").replace('"', '\\"')
+            quoted = f"'{key}=\"{inner}\"'" if "'" not in value else f'"{key}=\\"{inner}\\""'  # for the shell
+            raise UserError(f"{arg}: the value holds characters Hydra's override grammar reads as syntax; quote it for "
+                            f"Hydra inside the shell's quotes: {quoted}") from None
 
 
 def _check_added_keys(cfg: DictConfig) -> None:
@@ -154,6 +182,10 @@ def _compose_error(e: Exception, config_name: str) -> str:
         return f"{group}={option} is unknown; choose one of: {', '.join(options)}{own}"
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     first = lines[0] if lines else type(e).__name__
+    in_file = re.match(r"In '([^']+)': ConfigKeyError", first)
+    unknown = re.search(r"Key '([^']+)' not in '([^']+)'\s+full_key: (\S+)", text)
+    if in_file and unknown:  # a config file (an experiment) sets a key the chosen schema lacks
+        return f"configs/{in_file[1]}.yaml sets it: " + _unknown_key(unknown[3], unknown[1], unknown[2])
     if first.startswith("Error parsing override"):
         detail = f": {lines[1]}" if len(lines) > 1 and not lines[1].startswith("See ") else ""
         return (f"{first}{detail}; write key=value, e.g. trainer.max_steps=100 (`--help` lists every key; "
@@ -190,6 +222,8 @@ def _unknown_key(full_key: str, key: str, schema_name: str) -> str:
         if owners:
             return (f"{full_key} is not a {schema_name} key: {key} belongs to {group}={owners[0]}; choose that with "
                     f"{group}={owners[0]}, or drop {full_key}")
+    if RENAMED_KEYS.get(key) in known:
+        return f"{full_key} is now {parent}{RENAMED_KEYS[key]}; use that name"
     close = difflib.get_close_matches(key, known, n=1)
     hint = f"did you mean {parent}{close[0]}? " if close else ""
     return f"{full_key} is not a config key; {hint}{schema_name} has: {', '.join(known)}"

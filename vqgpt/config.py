@@ -185,7 +185,7 @@ class GPTConfig:
 
 @dataclass
 class ClassifierConfig:
-    """Small CNN image classifier (vqgpt/classifier.py): scores samples for classifier-rejection sampling."""
+    """Small CNN image classifier (vqgpt/models/image_classifier.py): scores samples for classifier rejection."""
 
     name: str = "classifier"
     # Facts of the data; the YAML sets them from ${dataset.*}.
@@ -243,7 +243,7 @@ class TrainerConfig:
     seed: int = 0
     log_every: int = 50
     eval_every: int = 1000
-    sample_and_save_freq: int = 1000
+    sample_every: int = 1000
     checkpoint_every: int = 1000
     progress_bar: bool = True
 

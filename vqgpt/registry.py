@@ -25,7 +25,7 @@ BUILTIN_ARCHS = {
     "patch": "vqgpt.tokenizers.patch",
     "gpt": "vqgpt.models.gpt",
     "patch_gpt": "vqgpt.models.patch_gpt",
-    "classifier": "vqgpt.models.classifier",
+    "classifier": "vqgpt.models.image_classifier",
     "gpt_classifier": "vqgpt.models.gpt_classifier",
 }
 

@@ -29,7 +29,7 @@ from vqgpt.data import build_dataset
 from vqgpt.errors import UserError
 from vqgpt.generate.sampling import check_sampling_args, generate, resolve_class
 from vqgpt.images import save_grid, to_unit
-from vqgpt.models.classifier import best_of, class_scores
+from vqgpt.models.image_classifier import best_of, class_scores
 from vqgpt.progress import progress
 from vqgpt.tokenizers import Tokenizer
 

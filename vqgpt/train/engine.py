@@ -13,8 +13,10 @@ log/eval/sample/checkpoint cadence, the progress bar, SIGINT/SIGTERM, and the fi
 
 A task has: `stage`, `arch`, `meta` (its checkpoint's config.json facts), `model` (the checkpointed module),
 `modules` and `optimizers` (dicts with the same keys; "model" first), `train_set`, and the methods
-`train_step(engine, step) -> logs`, `evaluate(model) -> results`, `snapshot(model, step) -> Path | None`
-(a picture of progress) and `summary(results) -> str`.
+`train_step(engine, step) -> logs`, `describe() -> str` (the run's first line: data, model, size),
+`evaluate(model) -> results`, `snapshot(model, step) -> Path | None` (a picture of progress) and
+`summary(results) -> str`. The train state itself (what a save captures, what a resume restores) lives in
+state.py.
 """
 
 from __future__ import annotations
@@ -234,7 +236,7 @@ class Engine:
                         val = task.evaluate(self.eval_model)
                     self.logger.log(_scalars("val", val), step=done)
                     bar.write(f"step {done}: {task.summary(val)}")
-                if healthy and (done % t.sample_and_save_freq == 0 or done == t.max_steps) and self.is_main:
+                if healthy and (done % t.sample_every == 0 or done == t.max_steps) and self.is_main:
                     with rng_isolated():
                         path = task.snapshot(self.eval_model, done)
                     if path is not None:

@@ -33,7 +33,7 @@ def seed_everything(seed: int) -> None:
 
 def check_trainer(t: TrainerConfig) -> None:
     """Refuse trainer settings that would fail (or spin) later, naming the key and the fix, before step 1."""
-    for key in ("batch_size", "grad_accum", "log_every", "eval_every", "sample_and_save_freq",
+    for key in ("batch_size", "grad_accum", "log_every", "eval_every", "sample_every",
                 "checkpoint_every", "max_bad_steps"):
         value = getattr(t, key)
         if value < 1:

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vqgpt.config import TrainClassifierRun
 from vqgpt.data import build_dataset, dataset_info
-from vqgpt.models.classifier import Classifier
+from vqgpt.models.image_classifier import Classifier
 from vqgpt.train.engine import Engine
 
 
