@@ -14,16 +14,18 @@ import torch
 from vqgpt import cli
 from vqgpt.config import SampleRun
 from vqgpt.device import pick_device
-from vqgpt.generate.pipeline import check_outputs, load_models, sample
+from vqgpt.generate.pipeline import load_models
+from vqgpt.generate.writer import check_outputs, plan_outputs, write_outputs
 
 
 @cli.main("sample")
 def main(run: SampleRun) -> None:
     torch.set_grad_enabled(False)
     models = load_models(run, pick_device(run.device))  # every check before anything is written
-    check_outputs(cli.resolve_out_dir(run.out_dir), run, models)
+    plan = plan_outputs(run, models)
+    check_outputs(cli.resolve_out_dir(run.out_dir), plan)
     out_dir, _ = cli.make_run_dir(run)
-    for path in sample(run, models, out_dir):
+    for path in write_outputs(run, models, out_dir, plan):
         print(f"wrote {path}")
     print(f"images: {out_dir / 'images'}")
 

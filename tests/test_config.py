@@ -148,6 +148,7 @@ def test_a_number_of_samples_has_one_key_per_script(script, override, words):
 
 def test_training_pictures_and_fid_draw_with_the_sampling_options(tmp_path, monkeypatch):
     """Regression: train_gpt.py's sampling.* were accepted and ignored (the grids drew at temperature 1)."""
+    import torch
     from conftest import make_tokenizer
 
     import vqgpt.train.gpt as stage
@@ -155,7 +156,7 @@ def test_training_pictures_and_fid_draw_with_the_sampling_options(tmp_path, monk
 
     make_tokenizer(tmp_path / "tok")
     seen = []
-    monkeypatch.setattr(stage, "sample_class_grid", lambda *args, **kwargs: seen.append(args[4]))
+    monkeypatch.setattr(stage, "class_grid", lambda *args, **kwargs: seen.append(args[3]) or torch.zeros(1, 3, 8, 8))
     run = compose_run("train_gpt", f"checkpoint_vae={tmp_path / 'tok'}", "trainer=debug", "trainer.max_steps=2",
                       "gpt=tiny", "sampling.temperature=0.7", "sampling.top_k=5", "sampling.seed=3")
     stage.GPTTask(run, Engine(run.trainer, tmp_path / "gpt", {}, run.logger, resume=None)).snapshot(None, 2)

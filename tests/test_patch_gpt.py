@@ -13,7 +13,7 @@ from vqgpt.checkpoint import load_checkpoint, save_checkpoint
 from vqgpt.config import DatasetConfig, GPTConfig, PatchConfig, SampleRun, SamplingConfig, TrainerConfig, TrainGPTRun
 from vqgpt.data import dataset_info
 from vqgpt.errors import UserError
-from vqgpt.generate import pipeline
+from vqgpt.generate import pipeline, writer
 from vqgpt.generate.sampling import generate, generate_nocache
 from vqgpt.models.patch_gpt import PatchGPT
 from vqgpt.tokenizers.patch import PatchTokenizer
@@ -109,7 +109,7 @@ def test_the_gpt_stage_and_every_sampling_output_run_on_patches(tmp_path):
     models = pipeline.load_models(sample, torch.device("cpu"))
     out = tmp_path / "samples"
     out.mkdir()
-    written = pipeline.sample(sample, models, out)
+    written = writer.write_outputs(sample, models, out, writer.plan_outputs(sample, models))
     assert [p.name for p in written] == ["samples.png", "decoding.gif", "completion.png"]
     assert len(list((out / "images").iterdir())) == 12
     assert Image.open(out / "decoding.gif").n_frames == 4  # one frame per row of the 4x4 patch grid

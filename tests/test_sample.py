@@ -16,7 +16,7 @@ from torch import nn
 from vqgpt.checkpoint import load_checkpoint
 from vqgpt.config import SampleRun
 from vqgpt.data import build_dataset
-from vqgpt.generate import pipeline
+from vqgpt.generate import pipeline, writer
 from vqgpt.models.image_classifier import best_of, class_scores
 
 
@@ -76,9 +76,9 @@ def test_rejection_keeps_the_candidate_the_classifier_scores_highest():
 
 
 def test_image_names_are_per_class_and_file_safe():
-    assert pipeline.image_names([0, 0, 1], 3, ["T-shirt/top", "Bag"]) == ["T-shirt_top_0.png",
+    assert writer.image_names([0, 0, 1], 3, ["T-shirt/top", "Bag"]) == ["T-shirt_top_0.png",
                                                                                "T-shirt_top_1.png", "Bag_0.png"]
-    assert pipeline.image_names(None, 2, None) == ["sample_0.png", "sample_1.png"]
+    assert writer.image_names(None, 2, None) == ["sample_0.png", "sample_1.png"]
 
 
 def test_mismatched_pair_is_one_line_naming_vocab_and_block(tiny_ckpts, tmp_path, run_script):
@@ -135,12 +135,13 @@ def test_sampling_resumes_a_stopped_run_with_the_same_images(tiny_ckpts, tmp_pat
     models = _models(run)
     for name in ("whole", "part"):
         (tmp_path / name).mkdir()
-    pipeline.sample_grid(run, models, tmp_path / "whole")
+    plan = writer.plan_outputs(run, models)
+    writer.sample_grid(run, models, tmp_path / "whole", plan)
     whole = _pixels(tmp_path / "whole" / "images")
     assert len(whole) == 18
 
     drawn = []
-    real_sample_images = pipeline.sample_images
+    real_sample_images = writer.sample_images
 
     def stop_after_two_batches(models, cond, num, s, batch_size):
         if len(drawn) == 2:
@@ -148,16 +149,16 @@ def test_sampling_resumes_a_stopped_run_with_the_same_images(tiny_ckpts, tmp_pat
         drawn.append(s.seed)
         return real_sample_images(models, cond, num, s, batch_size)
 
-    monkeypatch.setattr(pipeline, "sample_images", stop_after_two_batches)
+    monkeypatch.setattr(writer, "sample_images", stop_after_two_batches)
     with pytest.raises(KeyboardInterrupt):
-        pipeline.sample_grid(run, models, tmp_path / "part")
+        writer.sample_grid(run, models, tmp_path / "part", plan)
     assert len(_pixels(tmp_path / "part" / "images")) == 8  # two whole batches, nothing half-written
     assert not list((tmp_path / "part" / "images").glob("*.part"))
     (tmp_path / "part" / "images" / sorted(whole)[0]).unlink()  # and one image lost
 
     calls = []
-    monkeypatch.setattr(pipeline, "sample_images", lambda *a: calls.append(a) or real_sample_images(*a))
-    pipeline.sample_grid(run, models, tmp_path / "part")
+    monkeypatch.setattr(writer, "sample_images", lambda *a: calls.append(a) or real_sample_images(*a))
+    writer.sample_grid(run, models, tmp_path / "part", plan)
     assert len(calls) == 4  # of the 5 batches, the whole second one was skipped
     assert _pixels(tmp_path / "part" / "images") == whole
     assert Image.open(tmp_path / "part" / "samples.png").tobytes() == \
@@ -166,19 +167,19 @@ def test_sampling_resumes_a_stopped_run_with_the_same_images(tiny_ckpts, tmp_pat
 
 def test_resuming_with_other_settings_is_refused(tiny_ckpts, tmp_path):
     run = _sample_run(tiny_ckpts, num_samples=1)
-    pipeline.sample_grid(run, _models(run), tmp_path)
+    models = _models(run)
+    writer.sample_grid(run, models, tmp_path, writer.plan_outputs(run, models))
     before = {p.name: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
     other = _sample_run(tiny_ckpts, num_samples=1, top_k=4)
-    with pytest.raises(pipeline.UserError, match="differs in: sampling"):
-        pipeline.check_outputs(tmp_path, other, _models(other))  # what sample.py asks before writing anything
-    with pytest.raises(pipeline.UserError, match="differs in: sampling"):
-        pipeline.sample(other, _models(other), tmp_path)
+    with pytest.raises(writer.UserError, match="differs in: sampling"):  # what sample.py asks before writing
+        writer.check_outputs(tmp_path, writer.plan_outputs(other, _models(other)))
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
 
 
 def test_one_class_gets_a_square_grid(tiny_ckpts, tmp_path):
     run = _sample_run(tiny_ckpts, num_samples=9, class_label="checkerboard")
-    pipeline.sample_grid(run, _models(run), tmp_path)
+    models = _models(run)
+    writer.sample_grid(run, models, tmp_path, writer.plan_outputs(run, models))
     assert Image.open(tmp_path / "samples.png").size == (3 * 10 + 2, 3 * 10 + 2)  # not a 1x9 strip
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 from vqgpt.checkpoint import load_checkpoint, save_checkpoint
 from vqgpt.config import DatasetConfig, GPTConfig, SampleRun, SamplingConfig, TrainerConfig, TrainGPTRun
 from vqgpt.data import dataset_info
-from vqgpt.generate import pipeline
+from vqgpt.generate import pipeline, writer
 from vqgpt.registry import register_model
 from vqgpt.tokenizers import Tokenizer
 from vqgpt.train.gpt import train_gpt
@@ -85,7 +85,7 @@ def test_the_gpt_stage_and_sampling_run_through_the_interface_alone(tmp_path):
     assert isinstance(models.tokenizer, ThresholdTokenizer)
     out = tmp_path / "samples"
     out.mkdir()
-    written = pipeline.sample(run, models, out)
+    written = writer.write_outputs(run, models, out, writer.plan_outputs(run, models))
     assert [p.name for p in written] == ["samples.png", "decoding.gif", "completion.png"]
     assert len(list((out / "images").iterdir())) == 12
     assert Image.open(out / "decoding.gif").n_frames == 6  # one frame per row of the 6x6 grid

@@ -1,1 +1,2 @@
-"""Generation: token sampling loops (sampling.py) and the image pipeline around them (pipeline.py)."""
+"""Generation: token sampling loops (sampling.py), the in-memory image pipeline around them (pipeline.py) and
+sample.py's files (writer.py)."""

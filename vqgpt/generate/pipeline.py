@@ -1,36 +1,27 @@
-"""The image pipeline around token sampling: batched sampling, classifier rejection, the decoding GIF and
-half-image completion. Everything goes through the Tokenizer interface (vqgpt/tokenizers/base.py).
+"""The image pipeline around token sampling, in memory: models in, images out, no files written. Batched
+sampling, classifier rejection, the decoding GIF's frames and half-image completion, all through the Tokenizer
+interface (vqgpt/tokenizers/base.py). What training's pictures, FID and `vqgpt.Pipeline` call; sample.py's files
+are writer.py's.
 
     models = load_models(SampleRun(checkpoint_vae=..., checkpoint_gpt=...), device)
-    images = sample_images(models, cond=torch.arange(10), num=10, s=SamplingConfig(top_k=100), batch_size=64)
-    paths = sample(run, models, out_dir)      # what scripts/sample.py writes
+    images = sample_images(models, cond=torch.arange(10), num=10, s=SamplingOptions(top_k=100), batch_size=64)
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-import re
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
-from PIL import Image
 from torch import nn
-from torchvision.transforms.functional import pil_to_tensor
-from torchvision.utils import make_grid, save_image
 
-from vqgpt.checkpoint import checkpoint_hash, dataclass_from_dict, load_checkpoint
-from vqgpt.config import DatasetConfig, SampleRun, SamplingOptions
-from vqgpt.data import build_dataset
+from vqgpt.checkpoint import checkpoint_hash, load_checkpoint
+from vqgpt.config import SampleRun, SamplingOptions
 from vqgpt.errors import UserError
-from vqgpt.generate.sampling import check_sampling_args, generate, resolve_class
-from vqgpt.images import save_grid, to_unit
+from vqgpt.generate.sampling import check_sampling_args, generate
 from vqgpt.models.image_classifier import best_of, class_scores
-from vqgpt.progress import progress
 from vqgpt.tokenizers import Tokenizer
 
 
@@ -114,7 +105,6 @@ def load_models(run: SampleRun, device: torch.device) -> Models:
         print(f"{run.checkpoint_gpt}: sampling with its EMA weights (ema=false for the raw ones)")
     check_pair(tok.model, gpt.model, run.checkpoint_vae, run.checkpoint_gpt)
     check_sample_run(run, gpt.model)
-    resolve_class(run.sampling.class_label, gpt.meta.get("class_names"), gpt.model.config.num_classes)
     hashes = {key: checkpoint_hash(getattr(run, key)) for key in ("checkpoint_vae", "checkpoint_gpt")}
     saved_hash = gpt.meta.get("tokenizer_hash")
     if saved_hash and saved_hash != hashes["checkpoint_vae"]:  # same shapes, other weights
@@ -127,19 +117,6 @@ def load_models(run: SampleRun, device: torch.device) -> Models:
         models.classifier = classifier.model
         hashes["checkpoint_classifier"] = checkpoint_hash(run.checkpoint_classifier)
     return models
-
-
-def check_outputs(out_dir: Path, run: SampleRun, models: Models) -> None:
-    """Refuse, before anything is written, a run dir whose output names are taken by something else, or
-    that holds images of other settings (check_resume)."""
-    images = out_dir / "images"
-    if images.exists() and not images.is_dir():
-        raise UserError(f"{images} is a file, but sample.py writes one PNG per image into that folder; move it "
-                        "away or pick another run dir (hydra.run.dir=...)")
-    for name in ("samples.png", "decoding.gif", "completion.png", MANIFEST):
-        if (out_dir / name).is_dir():
-            raise UserError(f"{out_dir / name} is a directory; move it away or pick another run dir")
-    check_resume(out_dir, sampling_manifest(run, models, planned_images(run, models)[2]))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -208,117 +185,15 @@ def grid_labels(num_classes: int, per_class: int, label: int | None = None) -> l
     return [c for c in classes for _ in range(per_class)]
 
 
-def sample_class_grid(tokenizer: Tokenizer, gpt: nn.Module, path: Path, per_class: int, s: SamplingOptions,
-                      batch_size: int) -> Path:
-    """A PNG of `per_class` samples of every class (one row each), or a square of unconditional ones;
-    `batch_size` sequences at a time, so 1,000 classes never mean 8,000 KV caches at once."""
+def class_grid(tokenizer: Tokenizer, gpt: nn.Module, per_class: int, s: SamplingOptions,
+               batch_size: int) -> torch.Tensor:
+    """`per_class` samples of every class, class by class (rows of a grid), or per_class**2 unconditional ones
+    (B, C, H, W) in [-1, 1]; `batch_size` sequences at a time, so 1,000 classes never mean 8,000 KV caches at once."""
     labels = grid_labels(gpt.config.num_classes, per_class)
     device = next(gpt.parameters()).device
     cond = None if labels is None else torch.tensor(labels, device=device)
     num = len(labels) if labels else per_class * per_class
-    images = decode(tokenizer, sample_tokens(gpt, cond, num, s, batch_size), batch_size)
-    return save_grid(images, path, nrow=per_class)
-
-
-def image_names(labels: list[int] | None, num: int, class_names: list[str] | None) -> list[str]:
-    """File names `<class>_<i>.png` (i counts within the class), or `sample_<i>.png` when unconditional."""
-    if labels is None:
-        return [f"sample_{i}.png" for i in range(num)]
-    seen: dict[int, int] = {}
-    names = []
-    for label in labels:
-        name = class_names[label] if class_names and label < len(class_names) else str(label)
-        name = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or str(label)  # "T-shirt/top" -> T-shirt_top
-        names.append(f"{name}_{seen.get(label, 0)}.png")
-        seen[label] = seen.get(label, 0) + 1
-    return names
-
-
-def planned_images(run: SampleRun, models: Models) -> tuple[int | None, list[int] | None, int]:
-    """What sample.py writes: (the one class asked for or None, every image's label or None when the GPT is
-    unconditional, the number of images)."""
-    s, num_classes = run.sampling, models.gpt.config.num_classes
-    label = resolve_class(s.class_label, models.class_names, num_classes)
-    labels = grid_labels(num_classes, s.num_samples, label)
-    return label, labels, len(labels) if labels else s.num_samples
-
-
-GRID_MAX = 16  # samples.png shows at most this many images per class row (at most GRID_MAX**2 in a square)
-MANIFEST = "samples.json"  # what images/ was sampled with; a rerun into the same run dir resumes from it
-
-
-def sampling_manifest(run: SampleRun, models: Models, num: int) -> dict:
-    """Everything that decides which images a sampling run writes: a rerun with the same manifest resumes."""
-    return {"checkpoint_vae": models.hashes["checkpoint_vae"], "checkpoint_gpt": models.hashes["checkpoint_gpt"],
-            "ema": run.ema, "checkpoint_classifier": models.hashes.get("checkpoint_classifier"),
-            "sampling": dataclasses.asdict(run.sampling), "batch_size": run.batch_size, "num_images": num}
-
-
-def check_resume(out_dir: Path, manifest: dict) -> None:
-    """Refuse to add images to a run dir that holds images of other settings (they would not belong together)."""
-    path = out_dir / MANIFEST
-    if not path.exists():
-        if any((out_dir / "images").glob("*.png")):
-            raise UserError(f"{out_dir / 'images'} holds images from an unknown run ({MANIFEST} is missing); "
-                            "pick another run dir (hydra.run.dir=...) or delete it")
-        return
-    old = json.loads(path.read_text())
-    changed = sorted(k for k in manifest.keys() | old.keys() if old.get(k) != manifest.get(k))
-    if changed:
-        raise UserError(f"{out_dir} holds samples made with other settings (differs in: {', '.join(changed)}); "
-                        "rerun with the same settings to resume, or pick another run dir (hydra.run.dir=...)")
-
-
-def _save_png(image: torch.Tensor, path: Path) -> None:
-    """One image (C, H, W) in [-1, 1] as a PNG, written whole or not at all (an interrupt leaves no half file)."""
-    part = path.with_name(path.name + ".part")
-    save_image(to_unit(image), part, format="PNG")
-    os.replace(part, path)
-
-
-def sample_grid(run: SampleRun, models: Models, out_dir: Path) -> Path:
-    """One PNG per image under images/, written batch by batch as decoded (memory flat in the number of
-    images), then samples.png: one row per class (up to GRID_MAX each), or a square for one class or none.
-
-    Every batch has seeds of its own (image_batches), so a run stopped midway and started again into the same
-    run dir skips the batches whose images are all written and ends with the images an uninterrupted run
-    makes; samples.json records the settings, and check_outputs (which `sample` and sample.py call first)
-    refuses other settings there."""
-    s, num_classes = run.sampling, models.gpt.config.num_classes
-    label, labels, num = planned_images(run, models)
-    names = image_names(labels, num, models.class_names)
-    images_dir = out_dir / "images"
-    images_dir.mkdir(exist_ok=True)
-    manifest = sampling_manifest(run, models, num)  # check_outputs refused other settings before anything ran
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    rows = 1 if labels is None or label is not None or num_classes == 1 else num_classes
-    per_row = min(s.num_samples if rows > 1 else math.ceil(math.sqrt(num)), GRID_MAX)
-    if rows > 1:  # the first per_row of each class
-        shown = {i for i in range(num) if i % s.num_samples < per_row}
-    else:
-        shown = set(range(min(num, per_row ** 2)))
-    grid: dict[int, torch.Tensor] = {}
-    device = next(models.gpt.parameters()).device
-    bar = progress(total=num, desc="sampling images")
-    mode = "L" if models.tokenizer.channels == 1 else "RGB"
-    for index, settings in image_batches(num, s, run.batch_size):
-        paths = [images_dir / names[j] for j in index]
-        if all(path.exists() for path in paths):  # written by an earlier run of the same settings
-            for j in set(index) & shown:
-                with Image.open(paths[j - index.start]) as png:
-                    grid[j] = pil_to_tensor(png.convert(mode)).float() / 127.5 - 1.0
-        else:
-            cond = None if labels is None else torch.tensor(labels[index.start:index.stop], device=device)
-            images = sample_images(models, cond, len(index), settings, run.batch_size)
-            for j, image, path in zip(index, images, paths, strict=True):
-                if not path.exists():
-                    _save_png(image, path)
-                if j in shown:
-                    grid[j] = image.cpu()
-        bar.update(len(index))
-    bar.close()
-    picked = torch.stack([grid[j] for j in sorted(grid)])
-    return save_grid(picked, out_dir / "samples.png", nrow=per_row if rows > 1 else None)
+    return decode(tokenizer, sample_tokens(gpt, cond, num, s, batch_size), batch_size)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -349,33 +224,6 @@ def decoding_frames(models: Models, cond: torch.Tensor | None, num: int, s: Samp
     return grids
 
 
-def write_gif(frames: list[torch.Tensor], path: Path, min_side: int = 128) -> Path:
-    """Frames, each (B, C, H, W) in [-1, 1] shown side by side, as a looping GIF (last frame held)."""
-    pictures = []
-    for images in frames:
-        grid = make_grid(to_unit(images), nrow=images.shape[0], padding=2, pad_value=1.0)  # (3, H', W')
-        picture = Image.fromarray(grid.mul(255).round().byte().permute(1, 2, 0).numpy())
-        scale = max(1, math.ceil(min_side / images.shape[-1]))  # small images: enlarge, pixels kept sharp
-        pictures.append(picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST))
-    durations = [120] * (len(pictures) - 1) + [1500]
-    pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=durations, loop=0)
-    return path
-
-
-def decoding_gif(run: SampleRun, models: Models, out_dir: Path) -> Path:
-    """decoding.gif: gif_samples images appearing token by token (one frame per row of tokens by default)."""
-    num_classes = models.gpt.config.num_classes
-    label = resolve_class(run.sampling.class_label, models.class_names, num_classes)
-    device = next(models.gpt.parameters()).device
-    cond = None
-    if num_classes:  # different classes side by side, unless one is asked for
-        cond = torch.arange(run.gif_samples, device=device) % num_classes if label is None else \
-            torch.full((run.gif_samples,), label, device=device)
-    every = run.gif_every or models.tokenizer.latent_grid[1]
-    grids = decoding_frames(models, cond, run.gif_samples, run.sampling, every)
-    return write_gif([decode(models.tokenizer, grid) for grid in grids], out_dir / "decoding.gif")
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Completion
 
@@ -400,33 +248,13 @@ def complete(models: Models, images: torch.Tensor, labels: torch.Tensor | None, 
     return real, tokens.view(len(images), num, h, w, *tokens.shape[2:])
 
 
-def completion_figure(run: SampleRun, models: Models, out_dir: Path) -> Path:
-    """completion.png: per test image, input (bottom half grey) | completion_samples samples | original."""
-    if not models.data_config:
-        raise UserError(f"{run.checkpoint_vae} records no data_config, so there are no test images to complete; "
-                        "re-save it with scripts/train_tokenizer.py")
-    test_set = build_dataset(dataclass_from_dict(DatasetConfig, models.data_config), "test", train=False)
-    picks = torch.linspace(0, len(test_set) - 1, min(run.completion_images, len(test_set))).long()  # spread out
-    device = next(models.gpt.parameters()).device
-    images = torch.stack([test_set[i][0] for i in picks.tolist()]).to(device)
-    labels = torch.tensor([test_set[i][1] for i in picks.tolist()], device=device)
-    _, samples = complete(models, images, labels if models.gpt.config.num_classes else None,
-                          run.completion_samples, run.sampling)
+def completion_rows(models: Models, images: torch.Tensor, labels: torch.Tensor | None, num: int,
+                    s: SamplingOptions) -> torch.Tensor:
+    """Per image: the input with its bottom half grey, `num` completions, the original: (B * (num + 2), C, H, W)
+    in [-1, 1], rows of a grid of num + 2 columns."""
+    _, samples = complete(models, images, labels if models.gpt.config.num_classes else None, num, s)
     h = models.tokenizer.latent_grid[0]
     masked = images.clone()
     masked[:, :, (h // 2) * models.tokenizer.pixels_per_token:] = 0.0  # grey in [-1, 1]
-    decoded = decode(models.tokenizer, samples.flatten(0, 1)).view(len(images), run.completion_samples,
-                                                                     *images.shape[1:])
-    rows = torch.cat([masked[:, None], decoded, images[:, None]], dim=1).flatten(0, 1)
-    return save_grid(rows, out_dir / "completion.png", nrow=run.completion_samples + 2)
-
-
-def sample(run: SampleRun, models: Models, out_dir: Path) -> list[Path]:
-    """Every output asked for; returns the paths written."""
-    check_outputs(out_dir, run, models)
-    written = [sample_grid(run, models, out_dir)]
-    if run.gif:
-        written.append(decoding_gif(run, models, out_dir))
-    if run.completion:
-        written.append(completion_figure(run, models, out_dir))
-    return written
+    decoded = decode(models.tokenizer, samples.flatten(0, 1)).view(len(images), num, *images.shape[1:])
+    return torch.cat([masked[:, None], decoded, images[:, None]], dim=1).flatten(0, 1)

@@ -23,8 +23,9 @@ from vqgpt.data.token_cache import TokenDataset, prepare_token_cache
 from vqgpt.errors import UserError
 from vqgpt.eval.evaluate import balanced_labels, build_fid, sample_fid
 from vqgpt.eval.likelihood import loss_metrics, test_loss
-from vqgpt.generate.pipeline import Models, sample_class_grid
+from vqgpt.generate.pipeline import Models, class_grid
 from vqgpt.generate.sampling import check_sampling_args
+from vqgpt.images import save_grid
 from vqgpt.models.gpt import GPT
 from vqgpt.models.patch_gpt import PatchGPT
 from vqgpt.train.engine import Engine
@@ -139,8 +140,8 @@ class GPTTask:
 
     def snapshot(self, model: GPT, step: int) -> Path:
         """A grid of samples, one row per class."""
-        return sample_class_grid(self.tokenizer, model, self.out_dir / "samples" / f"step_{step:07d}.png", 8,
-                                 self.sampling, batch_size=self.batch_size)
+        images = class_grid(self.tokenizer, model, 8, self.sampling, self.batch_size)
+        return save_grid(images, self.out_dir / "samples" / f"step_{step:07d}.png", nrow=8)
 
     def summary(self, results: dict[str, Any]) -> str:
         fid = f", FID-{self.fid_samples} {results['fid']:.2f}" if "fid" in results else ""
