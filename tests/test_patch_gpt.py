@@ -81,7 +81,7 @@ def test_gaussian_loss_is_the_nll_and_mse_the_squared_error():
 
 
 def test_token_filters_are_refused_for_patches():
-    with pytest.raises(UserError, match="sampling.top_k and sampling.top_p filter a softmax"):
+    with pytest.raises(UserError, match="^top_k=5 is invalid: top_k and top_p filter a softmax"):
         generate(model(), 2, top_k=5)
 
 

@@ -61,6 +61,19 @@ def lookup(arch: str, where: str = "checkpoint") -> tuple[type[nn.Module], type]
     return _REGISTRY[arch]
 
 
+def arch_of(model: nn.Module) -> str | None:
+    """The arch name `model`'s class is registered under (vqgpt's own imported on demand), or None."""
+    for arch, (model_cls, _) in _REGISTRY.items():
+        if type(model) is model_cls:
+            return arch
+    for arch, module in BUILTIN_ARCHS.items():
+        if arch not in _REGISTRY and module == type(model).__module__:
+            importlib.import_module(module)
+            if _REGISTRY.get(arch, (None,))[0] is type(model):
+                return arch
+    return None
+
+
 def check_model(model: nn.Module, arch: str) -> None:
     """A caller bug (ValueError) unless `model` is the registered class of `arch` with its config type."""
     if arch not in _REGISTRY:

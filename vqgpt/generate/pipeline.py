@@ -19,7 +19,7 @@ from torch import nn
 
 from vqgpt.checkpoint import checkpoint_hash, load_checkpoint
 from vqgpt.config import SampleRun, SamplingOptions
-from vqgpt.errors import UserError
+from vqgpt.errors import UserError, argument_prefix
 from vqgpt.generate.sampling import check_sampling_args, generate
 from vqgpt.models.image_classifier import best_of, class_scores
 from vqgpt.tokenizers import Tokenizer
@@ -77,7 +77,8 @@ def check_classifier(classifier: nn.Module, tokenizer: Tokenizer, gpt: nn.Module
 def check_sample_run(run: SampleRun, gpt: nn.Module) -> None:
     """Every sampling option, checked before anything is written (one-line UserErrors)."""
     s = run.sampling
-    check_sampling_args(gpt.config.vocab_size, s.temperature, s.top_k, s.top_p, s.cfg_scale, gpt.config.num_classes)
+    with argument_prefix("sampling."):
+        check_sampling_args(gpt.config.vocab_size, s.temperature, s.top_k, s.top_p, s.cfg_scale, gpt.config.num_classes)
     for key, value in (("sampling.num_samples", s.num_samples), ("batch_size", run.batch_size),
                        ("gif_samples", run.gif_samples), ("completion_images", run.completion_images),
                        ("completion_samples", run.completion_samples)):

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqgpt.errors import UserError
+from vqgpt.errors import ArgumentError, UserError
 
 # callback(step, tokens_so_far, logits): after token `step` is drawn; tokens_so_far (B, step + 1) is a view
 # of the output (read it, don't write it); logits (B, V) are what the token was drawn from, guided but
@@ -40,27 +40,29 @@ def check_sampling_args(
     cfg_scale: float | None = None,
     num_classes: int | None = None,
 ) -> None:
-    """Refuse sampling options that cannot work, naming the key and the fix; num_classes None = unknown;
-    vocab_size 0 = a GPT of continuous tokens."""
+    """Refuse sampling options that cannot work with an ArgumentError (a ValueError) naming the argument and the
+    fix (a config-facing caller prefixes `sampling.`); num_classes None = unknown; vocab_size 0 = a GPT of
+    continuous tokens."""
     if vocab_size == 0 and (top_k is not None or top_p is not None):
-        raise UserError("sampling.top_k and sampling.top_p filter a softmax over tokens, and this GPT predicts "
-                        "continuous patches; set them to null (sampling.temperature scales its noise)")
+        raise ArgumentError("top_k" if top_k is not None else "top_p", top_k if top_k is not None else top_p,
+                            "top_k and top_p filter a softmax over tokens, and this GPT predicts continuous patches; "
+                            "leave both off (null/None); temperature scales its noise")
     if not (isinstance(temperature, numbers.Real) and 0 < temperature < math.inf):
-        raise UserError(f"sampling.temperature={temperature} must be > 0 (1 = the model's distribution, "
-                        "near 0 = nearly greedy)")
+        raise ArgumentError("temperature", temperature, "must be > 0 (1 = the model's distribution, near 0 = nearly "
+                            "greedy)")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral)
                               or not 1 <= top_k <= vocab_size):
-        raise UserError(f"sampling.top_k={top_k} must be an integer in 1..{vocab_size} (the vocabulary size), "
-                        "or null for off")
+        raise ArgumentError("top_k", top_k, f"must be an integer in 1..{vocab_size} (the vocabulary size), or "
+                            "null/None for off")
     if top_p is not None and not (isinstance(top_p, numbers.Real) and 0 < top_p <= 1):
-        raise UserError(f"sampling.top_p={top_p} must be in (0, 1] (1 keeps every token), or null for off")
+        raise ArgumentError("top_p", top_p, "must be in (0, 1] (1 keeps every token), or null/None for off")
     if cfg_scale is not None:
         if not (isinstance(cfg_scale, numbers.Real) and 0 <= cfg_scale < math.inf):
-            raise UserError(f"sampling.cfg_scale={cfg_scale} must be >= 0 (0 = unconditional, 1 = conditional, "
-                            "> 1 = stronger guidance), or null for off")
+            raise ArgumentError("cfg_scale", cfg_scale, "must be >= 0 (0 = unconditional, 1 = conditional, > 1 = "
+                                "stronger guidance), or null/None for off")
         if num_classes == 0:
-            raise UserError("sampling.cfg_scale needs a class-conditional GPT, and this one is unconditional "
-                            "(num_classes=0); set sampling.cfg_scale=null")
+            raise ArgumentError("cfg_scale", cfg_scale, "guidance needs a class-conditional GPT, and this one is "
+                                "unconditional (num_classes=0); leave it off (null/None)")
 
 
 def resolve_class(label: str | int | None, class_names: list[str] | None, num_classes: int) -> int | None:

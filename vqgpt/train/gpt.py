@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from vqgpt.checkpoint import checkpoint_hash, dataclass_from_dict, load_checkpoint, read_meta
 from vqgpt.config import DatasetConfig, GPTConfig, TrainGPTRun
 from vqgpt.data.token_cache import TokenDataset, prepare_token_cache
-from vqgpt.errors import UserError
+from vqgpt.errors import UserError, argument_prefix
 from vqgpt.eval.evaluate import balanced_labels, build_fid, sample_fid
 from vqgpt.eval.likelihood import loss_metrics, test_loss
 from vqgpt.generate.pipeline import Models, class_grid
@@ -96,8 +96,9 @@ class GPTTask:
         self.out_dir, self.device, self.batch_size = engine.out_dir, device, t.batch_size
         self.fid_samples, self.fid_config, self.fid = run.fid_samples, run.fid, None
         s = self.sampling = run.sampling  # how the sample grids and FID-N draw
-        check_sampling_args(self.config.vocab_size, s.temperature, s.top_k, s.top_p, s.cfg_scale,
-                            self.config.num_classes)
+        with argument_prefix("sampling."):
+            check_sampling_args(self.config.vocab_size, s.temperature, s.top_k, s.top_p, s.cfg_scale,
+                                self.config.num_classes)
         self.data_config = header.get("data_config")
 
     def describe(self) -> str:
