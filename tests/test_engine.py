@@ -273,8 +273,26 @@ def test_a_nan_in_the_discriminator_never_reaches_the_generator(tmp_path):
     gen6, disc6 = seen[6]
     assert_identical(disc5, disc6)
     assert not torch.equal(gen5["encoder.conv_in.weight"], gen6["encoder.conv_in.weight"])
-    assert train_rows(tmp_path / "run")[8]["train/skipped_steps"] == 1
+    rows = train_rows(tmp_path / "run")
+    assert rows[8]["train/skipped_steps"] == 0 and rows[8]["train/skipped_discriminator_steps"] == 1
     assert all(torch.isfinite(v.float()).all() for v in saved_state(tmp_path / "run").values())
+
+
+def test_a_bad_discriminator_step_at_the_end_still_evaluates_and_saves_the_generator(tmp_path):
+    """Regression: a non-finite discriminator step counted as a bad iteration: no EMA update, no checkpoint, and
+    on the last step the run ended with no eval.json."""
+    def nan_disc_at_the_last_step(task, i):
+        if i == 7:
+            real = task.criterion.discriminator_loss
+            task.criterion.discriminator_loss = lambda *a, **k: (lambda out: (out[0] * float("nan"), out[1]))(
+                real(*a, **k))
+
+    task = fit(VQGANTask, tokenizer_run("trainer.ema_decay=0.9"), tmp_path / "run", patch=nan_disc_at_the_last_step)
+    assert task.results and (tmp_path / "run" / "eval.json").is_file()
+    assert load_train_state(tmp_path / "run" / CKPT)["step"] == 8  # saved at the last step
+    assert load_train_state(tmp_path / "run" / CKPT)["skipped_steps"] == {"model": 0, "discriminator": 1}
+    raw, ema = load_checkpoint(tmp_path / "run" / CKPT, ema=False).model, load_checkpoint(tmp_path / "run" / CKPT).model
+    assert not torch.equal(raw.encoder.conv_in.weight, ema.encoder.conv_in.weight)  # the EMA kept updating
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -186,7 +186,7 @@ class Engine:
         for module in task.modules.values():
             module.train()
         self.ema = EMA(task.model, t.ema_decay) if t.ema_decay else None
-        start, skipped = 0, 0
+        start, skipped = 0, {name: 0 for name in task.optimizers}  # skipped updates, per optimizer
         if self.resume is not None:
             start, skipped = restore(str(self.resume), task, self.ema, self.batches, t, rank=self.rank,
                                      world=self.world, device=self.device, say=self.say)
@@ -210,25 +210,30 @@ class Engine:
                 self._skipped_now = set()
                 logs = task.train_step(self, step)
                 done = step + 1
+                # The model's own update decides the step's health; another optimizer's skipped update (the
+                # VQ-GAN's discriminator) is counted, and counts towards max_bad_steps, but leaves the model's
+                # EMA, evaluation and checkpoint alone.
+                healthy = "model" not in self._skipped_now
                 if self._skipped_now:
-                    skipped += 1
+                    for name in self._skipped_now:
+                        skipped[name] += 1
                     bad_in_a_row += 1
+                    what = "step skipped" if not healthy else f"{', '.join(sorted(self._skipped_now))} update skipped"
                     bar.write(f"step {done}: non-finite loss or gradients in {', '.join(sorted(self._skipped_now))}; "
-                              "step skipped")
+                              f"{what}")
                     if bad_in_a_row >= t.max_bad_steps:
                         self._stop_bad(done, bad_in_a_row, lr)
                 else:
                     bad_in_a_row = 0
-                    if self.ema is not None:
-                        self.ema.update(task.model, step)
+                if healthy and self.ema is not None:
+                    self.ema.update(task.model, step)
                 bar.update(1)
                 if step % t.log_every == 0 or done == t.max_steps:
-                    self.logger.log({**logs, "train/lr": lr, "train/skipped_steps": skipped}, step=done)
+                    self.logger.log({**logs, "train/lr": lr, **_skip_counts(skipped)}, step=done)
                     if "train/loss" in logs:
                         bar.set_postfix(loss=f"{float(logs['train/loss']):.4f}")
-                # Weights whose last step went non-finite are not evaluated, drawn or saved: the checkpoint on
+                # Weights whose last update went non-finite are not evaluated, drawn or saved: the checkpoint on
                 # disk stays the last good one.
-                healthy = bad_in_a_row == 0
                 if not healthy and done == t.max_steps:
                     self._stop_bad(done, bad_in_a_row, lr)
                 if healthy and done % t.eval_every == 0 and done != t.max_steps and self.is_main:  # final follows
@@ -281,7 +286,7 @@ class Engine:
 
     # ---- save and restore
 
-    def save(self, step: int, skipped: int) -> None:
+    def save(self, step: int, skipped: dict[str, int]) -> None:
         """Write checkpoints/last (rank 0), with every rank's RNG state; all ranks wait for it."""
         rngs = [None] * self.world
         if self.world > 1:
@@ -390,6 +395,12 @@ def _drop_rows_after(path: Path, step: int) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(f"{line}\n" for line in kept))
     os.replace(tmp, path)
+
+
+def _skip_counts(skipped: dict[str, int]) -> dict[str, int]:
+    """train/skipped_steps (the model's skipped updates) and train/skipped_<name>_steps for the other optimizers."""
+    return {"train/skipped_steps" if name == "model" else f"train/skipped_{name}_steps": count
+            for name, count in skipped.items()}
 
 
 def _scalars(prefix: str, results: dict[str, Any]) -> dict[str, Any]:

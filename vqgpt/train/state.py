@@ -187,13 +187,13 @@ def resume_from(path: str, model: nn.Module, stage: str) -> dict[str, Any]:
     return state
 
 
-def capture(task: Any, batches: BatchStream, *, step: int, max_steps: int, skipped: int,
+def capture(task: Any, batches: BatchStream, *, step: int, max_steps: int, skipped: dict[str, int],
             rngs: list[dict[str, Any]]) -> dict[str, Any]:
     """The train state of `task` after `step` steps, for train_state.pt (rngs: every rank's rng_state())."""
     return {
         "step": step,
         "max_steps": max_steps,
-        "skipped_steps": skipped,
+        "skipped_steps": dict(skipped),  # skipped updates, per optimizer
         "world_size": len(rngs),
         "optimizers": {k: o.state_dict() for k, o in task.optimizers.items()},
         "modules": {k: m.state_dict() for k, m in task.modules.items() if k != "model"},
@@ -203,9 +203,9 @@ def capture(task: Any, batches: BatchStream, *, step: int, max_steps: int, skipp
 
 
 def restore(path: str, task: Any, ema: EMA | None, batches: BatchStream, t: TrainerConfig, *, rank: int,
-            world: int, device: torch.device, say: Callable[[str], None]) -> tuple[int, int]:
+            world: int, device: torch.device, say: Callable[[str], None]) -> tuple[int, dict[str, int]]:
     """Load the whole train state of checkpoint `path` into `task`, `ema` and `batches`, and this rank's RNG
-    streams; returns (step, skipped steps so far)."""
+    streams; returns (step, skipped updates so far per optimizer)."""
     state = resume_from(path, task.model, task.stage)
     for key in ("optimizers", "data", "rng"):
         if key not in state:
@@ -237,7 +237,10 @@ def restore(path: str, task: Any, ema: EMA | None, batches: BatchStream, t: Trai
             f"steps, so at step {step} the LR goes from {before:.3g} to {after:.3g} (lower trainer.lr to continue "
             "more gently)")
     say(f"resume: continuing from step {step} of {path}")
-    return step, int(state.get("skipped_steps", 0))
+    saved = state.get("skipped_steps", 0)
+    if not isinstance(saved, dict):  # written before the count was per optimizer: the model's
+        saved = {"model": int(saved)}
+    return step, {name: int(saved.get(name, 0)) for name in task.optimizers}
 
 
 def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
