@@ -86,3 +86,44 @@ def test_bad_requests_get_one_line(pixel_gpt, tmp_path, run_script):
         classify(ClassifyRun(checkpoint_gpt=str(gpt), mode="finetune", gen_weight=-1.0), tmp_path, {})
     out = run_script("classify.py", f"checkpoint_gpt={gpt}", "mode=linear", cwd=tmp_path)
     assert "mode='linear' is not one of probe, finetune" in one_error_line(out)
+
+
+def test_the_held_out_part_is_random_and_stratified_by_class():
+    """Regression: the held-out part was the first 10 % in dataset order: one class on class-sorted data."""
+    from vqgpt.train.gpt_classifier import stratified_split
+
+    labels = torch.arange(3).repeat_interleave(20)  # class-sorted, as a folder dataset is
+    held, rest = stratified_split(labels, 0.1, seed=0)
+    assert torch.bincount(labels[held]).tolist() == [2, 2, 2]
+    assert sorted(torch.cat([held, rest]).tolist()) == list(range(60))
+    assert torch.equal(held, stratified_split(labels, 0.1, seed=0)[0])
+    assert not torch.equal(held, stratified_split(labels, 0.1, seed=1)[0])
+
+
+def test_a_gpt_trained_with_hflip_copies_is_probed_and_evaluated_on_its_own_cache(pixel_gpt, tmp_path, monkeypatch):
+    """Regression: evaluate.py and classify.py always asked for hflip_copies=False, so a named cache of such a
+    GPT was refused and the default one was rebuilt."""
+    import vqgpt.train.gpt_classifier as probe_module
+    from vqgpt.config import EvaluateRun
+    from vqgpt.eval.evaluate import token_metrics
+    from vqgpt.generate.pipeline import load_models
+
+    vae = str(pixel_gpt / "tok" / "checkpoints" / "last")
+    flipped = TrainGPTRun(checkpoint_vae=vae, gpt=GPTConfig(n_layer=1, n_head=2, n_embd=16, num_classes=0),
+                          trainer=TrainerConfig(max_steps=1, **TRAINER), cache_dir=str(tmp_path / "flip_cache"),
+                          hflip_copies=True)
+    train_gpt(flipped, tmp_path / "gpt", {})
+    gpt = tmp_path / "gpt" / "checkpoints" / "last"
+    assert load_checkpoint(gpt).meta["hflip_copies"] is True
+    built = []
+    monkeypatch.setattr("vqgpt.data.token_cache.build_token_cache", lambda *a, **k: built.append(a))
+    run = ClassifyRun(checkpoint_gpt=str(gpt), cache_dir=str(tmp_path / "flip_cache"),
+                      probe=ProbeConfig(max_iter=5), trainer=TrainerConfig(device="cpu"))
+    results = probe_module.classify(run, tmp_path, {})
+    assert results["train_images"] == 96  # the originals, not their flipped copies too
+    from vqgpt.config import SampleRun
+
+    models = load_models(SampleRun(checkpoint_vae=vae, checkpoint_gpt=str(gpt)), torch.device("cpu"))
+    scores = token_metrics(EvaluateRun(checkpoint_vae=vae, checkpoint_gpt=str(gpt),
+                                       cache_dir=str(tmp_path / "flip_cache")), models, torch.device("cpu"))
+    assert scores["bits_per_dim"] > 0 and built == []  # the named cache was opened, nothing rebuilt

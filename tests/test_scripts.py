@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 import yaml
 from conftest import TINY_TOKENIZER
@@ -88,3 +89,19 @@ def test_train_gpt_smoke_run_builds_the_cache_and_a_loadable_checkpoint(tmp_path
 def test_train_gpt_without_a_tokenizer_is_one_line_error(tmp_path, run_script):
     out = run_script("train_gpt.py", f"hydra.run.dir={tmp_path / 'gpt'}", cwd=tmp_path)
     assert out.returncode == 2 and out.stderr.strip().startswith("error: checkpoint_vae is not set")
+
+
+def test_train_gpt_finds_the_demos_tokenizer(tmp_path):
+    """Regression: after `make demo` (outputs/demo/tokenizer), train_gpt.py with no checkpoint_vae found nothing: it
+    searched outputs/train_tokenizer/ only."""
+    from conftest import make_gpt, make_tokenizer
+
+    from vqgpt.errors import UserError
+    from vqgpt.train.gpt import newest_tokenizer
+
+    with pytest.raises(UserError, match=f"no tokenizer checkpoint under {tmp_path / 'outputs'}/"):
+        newest_tokenizer(tmp_path / "outputs")
+    make_tokenizer(tmp_path / "outputs" / "demo" / "tokenizer" / "checkpoints" / "last")
+    make_gpt(tmp_path / "outputs" / "demo" / "gpt" / "checkpoints" / "last")  # newer, but not a tokenizer
+    assert newest_tokenizer(tmp_path / "outputs") == str(tmp_path / "outputs" / "demo" / "tokenizer" / "checkpoints"
+                                                          / "last")

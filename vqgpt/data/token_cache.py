@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from vqgpt.checkpoint import checkpoint_hash, dataclass_from_dict, load_checkpoint, read_meta
-from vqgpt.config import DatasetConfig
+from vqgpt.checkpoint import checkpoint_hash, load_checkpoint, read_meta
+from vqgpt.config import DatasetConfig, dataclass_from_dict
 from vqgpt.data.datasets import build_dataset, dataset_info, files_fingerprint
 from vqgpt.errors import UserError
 from vqgpt.paths import cache_dir as vqgpt_cache

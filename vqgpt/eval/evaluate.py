@@ -19,8 +19,16 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from torchmetrics.classification import MulticlassAccuracy
 
-from vqgpt.checkpoint import dataclass_from_dict, load_checkpoint
-from vqgpt.config import DatasetConfig, EvaluateRun, FIDConfig, SampleRun, SamplingConfig, SamplingOptions
+from vqgpt.checkpoint import load_checkpoint, read_meta
+from vqgpt.config import (
+    DatasetConfig,
+    EvaluateRun,
+    FIDConfig,
+    SampleRun,
+    SamplingConfig,
+    SamplingOptions,
+    dataclass_from_dict,
+)
 from vqgpt.data import build_dataset
 from vqgpt.data.token_cache import TokenDataset, prepare_token_cache
 from vqgpt.errors import UserError
@@ -172,7 +180,8 @@ def sample_fid(models: Models, fid: FID, labels: torch.Tensor | None, num: int, 
 
 def token_metrics(run: EvaluateRun, models: Models, device: torch.device) -> dict[str, float]:
     """Test-split nats/token, bits/token and bits/dim (of the token stream per sub-pixel) from the token cache."""
-    cache, _ = prepare_token_cache(run.checkpoint_vae, None, run.cache_dir, device=device)
+    hflip = bool(read_meta(run.checkpoint_gpt).get("hflip_copies"))  # the GPT's own cache (its test split either way)
+    cache, _ = prepare_token_cache(run.checkpoint_vae, None, run.cache_dir, hflip, device=device)
     loader = DataLoader(TokenDataset(cache, "test"), batch_size=run.batch_size)
     loss = test_loss(models.gpt, loader, device, models.gpt.config.num_classes > 0)
     t = models.tokenizer

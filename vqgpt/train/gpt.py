@@ -10,6 +10,7 @@ only that cache. Writes to out_dir: metrics.jsonl, samples/step_*.png (one row p
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from vqgpt.checkpoint import checkpoint_hash, dataclass_from_dict, load_checkpoint, read_meta
-from vqgpt.config import DatasetConfig, GPTConfig, TrainGPTRun
+from vqgpt.checkpoint import checkpoint_hash, load_checkpoint, read_meta
+from vqgpt.config import DatasetConfig, GPTConfig, TrainGPTRun, dataclass_from_dict
 from vqgpt.data.token_cache import TokenDataset, prepare_token_cache
 from vqgpt.errors import UserError, argument_prefix
 from vqgpt.eval.evaluate import balanced_labels, build_fid, sample_fid
@@ -30,16 +31,24 @@ from vqgpt.models.gpt import GPT
 from vqgpt.models.patch_gpt import PatchGPT
 from vqgpt.train.engine import Engine
 
-TOKENIZER_RUNS = Path("outputs") / "train_tokenizer"  # where train_tokenizer.py puts its runs by default
+RUNS = Path("outputs")  # where the scripts put their runs by default (train_tokenizer.py: outputs/train_tokenizer/)
 
 
-def newest_tokenizer(runs: Path = TOKENIZER_RUNS) -> str:
-    """The most recently written tokenizer checkpoint under `runs` (train_tokenizer.py's default run dirs)."""
-    found = sorted(runs.glob("**/checkpoints/last/config.json"), key=lambda p: p.stat().st_mtime)
+def newest_tokenizer(runs: Path = RUNS) -> str:
+    """The most recently written tokenizer checkpoint anywhere under `runs` (relative to the current directory):
+    train_tokenizer.py's default run dirs, `make demo`'s outputs/demo/tokenizer, or a hydra.run.dir of yours there."""
+    found = []
+    for config in runs.glob("**/checkpoints/last/config.json"):
+        try:
+            if json.loads(config.read_text()).get("stage") == "tokenizer":
+                found.append(config)
+        except (OSError, ValueError):  # a damaged checkpoint is not a candidate
+            continue
     if not found:
-        raise UserError(f"checkpoint_vae is not set and there is no tokenizer checkpoint under {runs}/; train one "
-                        "first (python scripts/train_tokenizer.py dataset=...) or pass checkpoint_vae=<dir>")
-    path = str(found[-1].parent)
+        raise UserError(f"checkpoint_vae is not set and there is no tokenizer checkpoint under {runs.resolve()}/ "
+                        "(searched from the current directory); train one first (python scripts/train_tokenizer.py "
+                        "dataset=...) or pass checkpoint_vae=<dir>")
+    path = str(max(found, key=lambda p: p.stat().st_mtime).parent)
     print(f"checkpoint_vae not set: using the newest tokenizer checkpoint, {path}")
     return path
 
@@ -92,6 +101,7 @@ class GPTTask:
         self.meta = {k: header["data"][k] for k in ("dataset", "image_size", "channels", "num_classes", "class_names")}
         self.meta.update(vocab_size=self.config.vocab_size, block_size=self.config.block_size,
                          latent_grid=header["grid"], tokenizer_hash=header["tokenizer_hash"],
+                         hflip_copies=run.hflip_copies,  # which token cache evaluate.py and classify.py open
                          tokenizer_path=str(Path(vae_path).resolve()))
         self.out_dir, self.device, self.batch_size = engine.out_dir, device, t.batch_size
         self.fid_samples, self.fid_config, self.fid = run.fid_samples, run.fid, None

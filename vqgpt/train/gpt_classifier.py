@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from vqgpt.checkpoint import load_checkpoint
 from vqgpt.config import ClassifyRun, GPTClassifierConfig
-from vqgpt.data.token_cache import TokenDataset, prepare_token_cache
+from vqgpt.data.token_cache import TokenDataset, prepare_token_cache, read_header
 from vqgpt.device import pick_device, set_threads
 from vqgpt.errors import UserError
 from vqgpt.models.gpt_classifier import GPTClassifier
@@ -39,6 +39,21 @@ def random_subset(dataset: Dataset, num: int | None, seed: int) -> Dataset:
         return dataset
     picks = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:num]
     return Subset(dataset, picks.tolist())
+
+
+def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(held-out, rest) indices: `fraction` of each class, drawn at random with `seed` (data in class order, as
+    folders and ImageNet are, would otherwise hold out one class)."""
+    generator = torch.Generator().manual_seed(seed)
+    held = []
+    for c in labels.unique().tolist():
+        members = (labels == c).nonzero().flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        held.append(members[: round(len(members) * fraction)])
+    held_out = torch.cat(held).sort().values
+    rest = torch.ones(len(labels), dtype=torch.bool)
+    rest[held_out] = False
+    return held_out, rest.nonzero().flatten()
 
 
 @torch.no_grad()
@@ -94,15 +109,18 @@ def linear_probe(run: ClassifyRun, gpt: CausalTransformer, cache: Path, num_clas
     if not 0 < p.val_fraction < 1:
         raise UserError(f"probe.val_fraction={p.val_fraction} must be in (0, 1)")
     start = time.perf_counter()
-    train_set = random_subset(TokenDataset(cache, "train"), p.train_images, run.trainer.seed)
+    train_set = TokenDataset(cache, "train")
+    if read_header(cache).get("hflip_copies"):  # the flipped copies are augmentation, not more labelled images
+        train_set = Subset(train_set, range(len(train_set) // 2))
+    train_set = random_subset(train_set, p.train_images, run.trainer.seed)
     test_set = random_subset(TokenDataset(cache, "test"), p.test_images, run.trainer.seed + 1)
     train_x, train_y = pooled_features(gpt, train_set, layers, run.batch_size, device)
     test_x, test_y = pooled_features(gpt, test_set, layers, run.batch_size, device)
-    held = int(len(train_y) * p.val_fraction)
+    held, fit = stratified_split(train_y, p.val_fraction, run.trainer.seed)
     per_layer = {}
     for layer in layers:
         x, y = train_x[layer], train_y
-        val = accuracy(fit_linear(x[held:], y[held:], num_classes, p.weight_decay, p.max_iter), x[:held], y[:held])
+        val = accuracy(fit_linear(x[fit], y[fit], num_classes, p.weight_decay, p.max_iter), x[held], y[held])
         full = fit_linear(x, y, num_classes, p.weight_decay, p.max_iter)
         per_layer[layer] = {"val_accuracy": val, "test_accuracy": accuracy(full, test_x[layer], test_y)}
         print(f"layer {layer}: held-out {val:.4f}, test {per_layer[layer]['test_accuracy']:.4f}")
@@ -190,7 +208,8 @@ def classify(run: ClassifyRun, out_dir: Path, config: dict) -> dict[str, Any]:
     else:
         set_threads(run.trainer.num_threads)
         device = pick_device(run.trainer.device)
-    cache, header = prepare_token_cache(vae_path, None, run.cache_dir, device=device)
+    hflip = bool(gpt.meta.get("hflip_copies"))  # the GPT's own token cache
+    cache, header = prepare_token_cache(vae_path, None, run.cache_dir, hflip, device=device)
     if gpt.meta.get("tokenizer_hash") not in (None, header["tokenizer_hash"]):
         raise UserError(f"{run.checkpoint_gpt} was trained on the tokens of another tokenizer than {vae_path}; pass "
                         "the checkpoint_vae it was trained with")
