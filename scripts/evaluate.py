@@ -17,12 +17,17 @@ from vqgpt import cli
 from vqgpt.config import EvaluateRun
 
 
-@cli.main("evaluate")
-def main(run: EvaluateRun) -> None:
-    from vqgpt.device import pick_device
-    from vqgpt.eval.evaluate import check_run, evaluate_gpt, evaluate_tokenizer, table
+def precheck(run: EvaluateRun) -> None:
+    from vqgpt.eval.evaluate import check_run
 
     check_run(run)
+
+
+@cli.main("evaluate", precheck=precheck)
+def main(run: EvaluateRun) -> None:
+    from vqgpt.device import pick_device
+    from vqgpt.eval.evaluate import evaluate_gpt, evaluate_tokenizer, table
+
     torch.set_grad_enabled(False)
     device = pick_device(run.device)
     out_dir, _ = cli.make_run_dir(run)

@@ -14,11 +14,11 @@ import torch
 from vqgpt import cli
 from vqgpt.config import SampleRun
 from vqgpt.device import pick_device
-from vqgpt.generate.pipeline import load_models
+from vqgpt.generate.pipeline import check_sample_request, load_models
 from vqgpt.generate.writer import check_outputs, plan_outputs, write_outputs
 
 
-@cli.main("sample")
+@cli.main("sample", precheck=check_sample_request)
 def main(run: SampleRun) -> None:
     torch.set_grad_enabled(False)
     models = load_models(run, pick_device(run.device))  # every check before anything is written

@@ -118,4 +118,4 @@ def test_the_gpt_stage_and_every_sampling_output_run_on_patches(tmp_path):
     assert completions.shape == (2, 3, 4, 4, 12)
     assert torch.equal(completions[:, :, :2], real[:, None, :2].expand(-1, 3, -1, -1, -1))  # the top half kept
     with pytest.raises(UserError, match="top_k"):
-        pipeline.check_sample_run(dataclasses.replace(sample, sampling=SamplingConfig(top_k=3)), models.gpt)
+        pipeline.check_sample_run(dataclasses.replace(sample, sampling=SamplingConfig(top_k=3)), 0, 0)

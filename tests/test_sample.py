@@ -93,7 +93,10 @@ def test_invalid_temperature_is_one_line_and_writes_nothing(tiny_ckpts, tmp_path
     out = run_script("sample.py", f"checkpoint_vae={tiny_ckpts / 'tok'}", f"checkpoint_gpt={tiny_ckpts / 'gpt'}",
                      "sampling.temperature=0", "device=cpu", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert "sampling.temperature=0" in one_error_line(out)
-    assert not written(tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before Hydra made the run dir (no .hydra/, no sample.log)
+    out = run_script("sample.py", f"checkpoint_vae={tiny_ckpts / 'tok'}", f"checkpoint_gpt={tiny_ckpts / 'gpt'}",
+                     "sampling.class_label=dragon", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert "unknown class 'dragon'" in one_error_line(out) and not (tmp_path / "run").exists()
 
 
 def test_train_classifier_then_rejection_sampling_by_class_name(tiny_ckpts, tmp_path, run_script):

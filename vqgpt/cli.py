@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vqgpt.config import CONFIG_DIR, check_known_keys, register_configs, to_object
 from vqgpt.errors import UserError
@@ -46,8 +46,11 @@ def user_errors() -> Iterator[None]:
         sys.exit(130)
 
 
-def main(config_name: str) -> Callable[[Callable[[Any], Any]], Callable[[], None]]:
-    """Decorator for a script's entry point `fn(run)`, which gets the typed run config (a dataclass)."""
+def main(config_name: str, precheck: Callable[[Any], None] | None = None
+         ) -> Callable[[Callable[[Any], Any]], Callable[[], None]]:
+    """Decorator for a script's entry point `fn(run)`, which gets the typed run config (a dataclass).
+    `precheck(run)`: the script's own checks that need no model weights (values, config.json files), run on the
+    composed config before Hydra creates the run dir, so a refused command leaves nothing behind."""
 
     def decorate(fn: Callable[[Any], Any]) -> Callable[[], None]:
         import hydra
@@ -62,7 +65,7 @@ def main(config_name: str) -> Callable[[Callable[[Any], Any]], Callable[[], None
         def entry() -> None:
             register_configs()
             with user_errors():
-                run_dir = check_command_line(config_name, sys.argv[1:])
+                run_dir = check_command_line(config_name, sys.argv[1:], precheck)
                 if int(os.environ.get("WORLD_SIZE", "1")) > 1:
                     share_run_dir(run_dir)
             hydra_main()
@@ -100,7 +103,8 @@ def make_run_dir(run: Any) -> tuple[Path, dict[str, Any]]:
     return out_dir, config  # type: ignore[return-value]
 
 
-def check_command_line(config_name: str, args: list[str]) -> Path | None:
+def check_command_line(config_name: str, args: list[str],
+                       precheck: Callable[[Any], None] | None = None) -> Path | None:
     """Compose the config once before Hydra does, so a bad override is one UserError line, not Hydra's
     12-30 lines, and nothing is created; also refuse another stage's experiment, a key added with `+` that the
     schema lacks, and a run dir that cannot be created."""
@@ -125,6 +129,11 @@ def check_command_line(config_name: str, args: list[str]) -> Path | None:
         raise UserError(_compose_error(e, config_name)) from None
     HydraConfig.instance().set_config(cfg)
     _check_added_keys(cfg)
+    if precheck is not None:
+        job = cfg.copy()
+        with open_dict(job):
+            del job["hydra"]
+        precheck(to_object(job))
     try:
         run_dir = Path(str(cfg.hydra.run.dir))
     except Exception:  # an interpolation only a real run resolves: Hydra reports it itself

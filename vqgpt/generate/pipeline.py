@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from vqgpt.checkpoint import checkpoint_hash, load_checkpoint
+from vqgpt.checkpoint import checkpoint_hash, load_checkpoint, read_meta
 from vqgpt.config import SampleRun, SamplingOptions
 from vqgpt.errors import UserError, argument_prefix
-from vqgpt.generate.sampling import check_sampling_args, generate
+from vqgpt.generate.sampling import check_sampling_args, generate, resolve_class
 from vqgpt.models.image_classifier import best_of, class_scores
 from vqgpt.tokenizers import Tokenizer
 
@@ -74,11 +74,11 @@ def check_classifier(classifier: nn.Module, tokenizer: Tokenizer, gpt: nn.Module
                         f"{gpt.config.num_classes}; train the classifier on the GPT's dataset")
 
 
-def check_sample_run(run: SampleRun, gpt: nn.Module) -> None:
-    """Every sampling option, checked before anything is written (one-line UserErrors)."""
+def check_sample_run(run: SampleRun, vocab_size: int, num_classes: int) -> None:
+    """Every sampling option, checked against a GPT's vocabulary and classes (one-line UserErrors)."""
     s = run.sampling
     with argument_prefix("sampling."):
-        check_sampling_args(gpt.config.vocab_size, s.temperature, s.top_k, s.top_p, s.cfg_scale, gpt.config.num_classes)
+        check_sampling_args(vocab_size, s.temperature, s.top_k, s.top_p, s.cfg_scale, num_classes)
     for key, value in (("sampling.num_samples", s.num_samples), ("batch_size", run.batch_size),
                        ("gif_samples", run.gif_samples), ("completion_images", run.completion_images),
                        ("completion_samples", run.completion_samples)):
@@ -93,6 +93,21 @@ def check_sample_run(run: SampleRun, gpt: nn.Module) -> None:
                         "checkpoint_classifier=... (scripts/train_classifier.py makes one), or sampling.accept_n=null")
 
 
+def check_sample_request(run: SampleRun) -> None:
+    """sample.py's checks from the checkpoints' config.json files alone (no weights): both are set and of the right
+    stage, and every sampling value and the class label fit the GPT. What the script runs before anything is
+    written."""
+    for key in ("checkpoint_vae", "checkpoint_gpt"):
+        if not getattr(run, key):
+            raise UserError(f"{key} is not set; pass {key}=<checkpoint directory>")
+    read_meta(run.checkpoint_vae, expected_stage="tokenizer")
+    meta = read_meta(run.checkpoint_gpt, expected_stage="gpt")
+    config = meta["model_config"]
+    num_classes = config.get("num_classes") or 0
+    check_sample_run(run, config.get("vocab_size", 0), num_classes)
+    resolve_class(run.sampling.class_label, meta.get("class_names"), num_classes)
+
+
 def load_models(run: SampleRun, device: torch.device) -> Models:
     """Rebuild tokenizer, GPT (and classifier) from their checkpoints and check that they belong together."""
     for key in ("checkpoint_vae", "checkpoint_gpt"):
@@ -105,7 +120,7 @@ def load_models(run: SampleRun, device: torch.device) -> Models:
     if gpt.weights == "ema":
         print(f"{run.checkpoint_gpt}: sampling with its EMA weights (ema=false for the raw ones)")
     check_pair(tok.model, gpt.model, run.checkpoint_vae, run.checkpoint_gpt)
-    check_sample_run(run, gpt.model)
+    check_sample_run(run, gpt.model.config.vocab_size, gpt.model.config.num_classes)
     hashes = {key: checkpoint_hash(getattr(run, key)) for key in ("checkpoint_vae", "checkpoint_gpt")}
     saved_hash = gpt.meta.get("tokenizer_hash")
     if saved_hash and saved_hash != hashes["checkpoint_vae"]:  # same shapes, other weights
