@@ -130,6 +130,20 @@ def test_help_lists_groups_and_options(tmp_path):
         assert group in out.stdout
     for option in ("cifar10", "fashionmnist_small", "fsq", "wandb", "num_codewords", "batch_size"):
         assert option in out.stdout
+    assert "_schema" not in out.stdout and "gpt_demo" not in out.stdout  # no typed schemas, no other stage's
+
+
+def test_help_lists_only_the_groups_a_script_takes():
+    """Regression: train_gpt.py --help listed the tokenizer groups (which it refuses) and the `*_schema` entries."""
+    from vqgpt.cli import help_text
+
+    text = help_text("train_gpt", ["gpt=tiny"])
+    groups = text.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    assert [line.split(":")[0] for line in groups.split()[::1] if line.endswith(":")] == \
+        ["dataset", "experiment", "gpt", "logger", "trainer"]
+    assert "experiment: gpt_cifar10, gpt_demo, gpt_fashionmnist, gpt_fashionmnist_cpu" in groups
+    assert "_schema" not in text and "n_layer: 2" in text  # the composed config, with the overrides given
+    assert "(none: every option below is a key=value)" in help_text("sample", [])
 
 
 @pytest.mark.parametrize(("script", "override", "words"), [

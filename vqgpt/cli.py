@@ -64,6 +64,10 @@ def main(config_name: str, precheck: Callable[[Any], None] | None = None
         @functools.wraps(fn)
         def entry() -> None:
             register_configs()
+            if any(a in ("--help", "-h") for a in sys.argv[1:]):
+                with user_errors():
+                    print(help_text(config_name, [a for a in sys.argv[1:] if not a.startswith("-")]))
+                return
             with user_errors():
                 run_dir = check_command_line(config_name, sys.argv[1:], precheck)
                 if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -170,6 +174,44 @@ def _check_added_keys(cfg: DictConfig) -> None:
     """A misspelt key added with `+key=value` (which Hydra lets through) fails here, before any run dir."""
     run = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     check_known_keys(run)
+
+
+def script_groups(config_name: str) -> dict[str, list[str]]:
+    """The config groups `config_name` takes and their options: those under one of its schema's keys (train_gpt.py
+    has no tokenizer group), without the `*_schema` entries, and experiments of its own stage only."""
+    import dataclasses
+
+    from vqgpt import config
+
+    keys = {f.name for f in dataclasses.fields(config.SCHEMAS[f"{config_name}_schema"])}
+    groups = {}
+    for folder in sorted(p for p in CONFIG_DIR.rglob("*") if p.is_dir()):
+        group = folder.relative_to(CONFIG_DIR).as_posix()
+        options = sorted(p.stem for p in folder.glob("*.yaml"))
+        if group == "experiment":
+            prefix = EXPERIMENT_STAGE.get(config_name)
+            options = experiments(prefix) if prefix else []
+        elif group.split("/")[0] not in keys:
+            continue
+        if options:
+            groups[group] = options
+    return groups
+
+
+def help_text(config_name: str, overrides: list[str]) -> str:
+    """`--help`: the groups this script takes, then its composed config (with the overrides given)."""
+    from hydra import compose, initialize_config_dir
+
+    _check_syntax(overrides)
+    try:
+        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3", job_name=config_name):
+            cfg = compose(config_name, overrides=overrides)
+    except Exception as e:
+        raise UserError(_compose_error(e, config_name)) from None
+    groups = "\n".join(f"{group}: {', '.join(options)}" for group, options in script_groups(config_name).items())
+    groups = groups or "(none: every option below is a key=value)"
+    return (f"python scripts/{config_name}.py [group=option ...] [key=value ...]\n\n== Configuration groups ==\n"
+            f"{groups}\n\n== Config ==\n{OmegaConf.to_yaml(cfg)}")
 
 
 def experiments(prefix: str) -> list[str]:
