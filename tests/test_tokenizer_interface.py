@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,15 @@ import torch
 from PIL import Image
 
 from vqgpt.checkpoint import load_checkpoint, save_checkpoint
-from vqgpt.config import DatasetConfig, GPTConfig, SampleRun, SamplingConfig, TrainerConfig, TrainGPTRun
+from vqgpt.config import (
+    CONFIG_DIR,
+    DatasetConfig,
+    GPTConfig,
+    SampleRun,
+    SamplingConfig,
+    TrainerConfig,
+    TrainGPTRun,
+)
 from vqgpt.data import dataset_info
 from vqgpt.generate import pipeline, writer
 from vqgpt.registry import register_model
@@ -155,3 +164,44 @@ def test_one_final_evaluation_and_train_loss_is_the_steps_mean(tmp_path, monkeyp
     assert len(logged) == 4 and len(losses) == 12
     for step, value in enumerate(logged):
         assert value == pytest.approx(sum(losses[3 * step:3 * step + 3]) / 3, rel=1e-5)
+
+
+def test_a_new_tokenizer_kind_is_its_dataclass_its_class_and_a_yaml(tmp_path, monkeypatch):
+    """Regression: a new kind touched five registration points; now its config dataclass is collected by name,
+    its class registers itself, and train_tokenizer.py finds both (a `fit` tokenizer is fitted directly)."""
+    from hydra import compose, initialize_config_dir
+
+    from vqgpt import config
+    from vqgpt.config import TokenizerConfig, register_configs, to_object
+    from vqgpt.train.tokenizer import train_tokenizer
+
+    monkeypatch.setattr(config, "TOKENIZER_CONFIGS", dict(config.TOKENIZER_CONFIGS))  # undone after the test
+
+    @dataclasses.dataclass
+    class SignConfig(TokenizerConfig):
+        name: str = "sign_test"
+
+    assert config.TOKENIZER_CONFIGS["sign_test"] is SignConfig
+
+    @register_model("sign_test", SignConfig)
+    class SignTokenizer(ThresholdTokenizer):  # 2 levels, fitted by nothing
+        def __init__(self, cfg: SignConfig):
+            super().__init__(ThresholdConfig(in_channels=cfg.in_channels, image_size=cfg.image_size))
+            self.config = cfg
+
+        def fit(self, dataset, seed: int) -> str:
+            return "sign: nothing to fit"
+
+    configs = tmp_path / "configs"
+    shutil.copytree(CONFIG_DIR, configs)
+    (configs / "tokenizer" / "sign_test.yaml").write_text(
+        "defaults:\n  - sign_test_schema\n  - _self_\n\nin_channels: ${dataset.channels}\n"
+        "image_size: ${dataset.image_size}\n")
+    register_configs()
+    with initialize_config_dir(str(configs), version_base="1.3"):
+        run = to_object(compose("train_tokenizer", overrides=[
+            "tokenizer=sign_test", "dataset=patterns", "dataset.image_size=8", "dataset.channels=1",
+            "dataset.num_train=8", "dataset.num_test=4", "trainer.device=cpu", "trainer.num_workers=0"]))
+    assert isinstance(run.tokenizer, SignConfig)
+    results = train_tokenizer(run, tmp_path / "run", {})
+    assert results["num_images"] == 4 and (tmp_path / "run" / "checkpoints" / "last" / "config.json").is_file()

@@ -265,7 +265,7 @@ def _unknown_key(full_key: str, key: str, schema_name: str) -> str:
     schema = getattr(config, schema_name, None)
     known = sorted(f.name for f in dataclasses.fields(schema)) if dataclasses.is_dataclass(schema) else []
     parent = full_key[: -len(key)]
-    for group, schemas in config.GROUP_SCHEMAS.items():  # a key of another implementation: name its option
+    for group, schemas in config.group_schemas().items():  # a key of another implementation: name its option
         if schema not in schemas.values():
             continue
         owners = [n.removesuffix("_schema") for n, other in schemas.items()

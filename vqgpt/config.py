@@ -47,9 +47,27 @@ class DatasetConfig:
     seed: int = 0  # patterns: generation seed
 
 
+# The schemas of each kind by name, as config.json's model_config and the YAML files say it (`name: vq`): every
+# subclass below is collected here by its `name` default, so a new implementation is its dataclass alone.
+QUANTIZER_CONFIGS: dict[str, type] = {}
+TOKENIZER_CONFIGS: dict[str, type] = {}
+
+
+def _collect(into: dict[str, type], cls: type) -> None:
+    name = cls.__dict__.get("name")  # the default of the subclass's own `name` field
+    if isinstance(name, str):
+        if name in into and into[name].__qualname__ != cls.__qualname__:
+            raise ValueError(f"two schemas named {name!r}: {into[name].__qualname__} and {cls.__qualname__}")
+        into[name] = cls
+
+
 @dataclass
 class QuantizerConfig:
     """What every quantizer's schema has; each implementation adds its own keys (vqgpt/tokenizers/quantizers)."""
+
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        _collect(QUANTIZER_CONFIGS, cls)
 
     name: str = MISSING  # which implementation; each schema fixes it
     embedding_dim: int = 64  # d, the width of the latents being quantized
@@ -88,10 +106,6 @@ class FSQConfig(QuantizerConfig):
     levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])  # levels per channel
 
 
-# Quantizer schemas by name: config.json's model_config and the YAML files both say `name: vq|fsq`.
-QUANTIZER_CONFIGS: dict[str, type[QuantizerConfig]] = {"vq": VQConfig, "fsq": FSQConfig}
-
-
 @dataclass
 class TokenizerLossConfig:
     """VQ-GAN loss weights (reconstruction + perceptual + adversarial + codebook)."""
@@ -110,6 +124,10 @@ class TokenizerLossConfig:
 @dataclass
 class TokenizerConfig:
     """What every tokenizer's schema has; each implementation adds its own keys (vqgpt/tokenizers)."""
+
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        _collect(TOKENIZER_CONFIGS, cls)
 
     name: str = MISSING  # which implementation; each schema fixes it
     in_channels: int = 3  # image channels; the YAML sets ${dataset.channels}
@@ -155,9 +173,6 @@ class PatchConfig(TokenizerConfig):
     name: str = "patch"
     patch_size: int = 4  # P: the GPT sees (image_size / P) ** 2 tokens of P * P * channels numbers
 
-
-TOKENIZER_CONFIGS: dict[str, type[TokenizerConfig]] = {"vqgan": VQGANConfig, "pixel": PixelConfig,
-                                                        "patch": PatchConfig}
 
 
 @dataclass
@@ -422,12 +437,14 @@ SCHEMAS = {
     "classify_schema": ClassifyRun,
     "inspect_data_schema": InspectDataRun,
 }
+
+
 # One schema per implementation: a group file starts with `defaults: [<name>_schema, _self_]`, so a key of
 # another implementation (fsq's `levels` under a vq quantizer) fails when the config is composed.
-GROUP_SCHEMAS = {
-    "tokenizer": {f"{name}_schema": cls for name, cls in TOKENIZER_CONFIGS.items()},
-    "tokenizer/quantizer": {f"{name}_schema": cls for name, cls in QUANTIZER_CONFIGS.items()},
-}
+def group_schemas() -> dict[str, dict[str, type]]:
+    """{group: {"<name>_schema": dataclass}}: every implementation's schema, from the collected ones."""
+    return {"tokenizer": {f"{name}_schema": cls for name, cls in TOKENIZER_CONFIGS.items()},
+            "tokenizer/quantizer": {f"{name}_schema": cls for name, cls in QUANTIZER_CONFIGS.items()}}
 
 
 def _node(schema: type) -> DictConfig:
@@ -449,7 +466,7 @@ def register_configs() -> None:
     # need no schema of their own and a typo anywhere names its full key.
     for name, schema in SCHEMAS.items():
         cs.store(name=name, node=_node(schema))
-    for group, schemas in GROUP_SCHEMAS.items():
+    for group, schemas in group_schemas().items():
         for name, schema in schemas.items():
             cs.store(group=group, name=name, node=_node(schema))
 

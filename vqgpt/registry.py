@@ -3,14 +3,16 @@
     @register_model("vqgan", VQGANConfig)
     class VQGAN(Tokenizer): ...
 
-vqgpt's own architectures are imported on demand, so loading one of their checkpoints needs no import by the
-caller; a model of your own registers itself when its module is imported.
+vqgpt's own architectures (every module under vqgpt/tokenizers and vqgpt/models) are imported on demand, so
+loading one of their checkpoints needs no import by the caller and a new one needs no list to join; a model of
+your own registers itself when its module is imported.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import pkgutil
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -18,16 +20,10 @@ from torch import nn
 
 from vqgpt.errors import UserError
 
-# Where vqgpt's own architectures live (imported when a checkpoint names one).
-BUILTIN_ARCHS = {
-    "vqgan": "vqgpt.tokenizers.vqgan.model",
-    "pixel": "vqgpt.tokenizers.palette",
-    "patch": "vqgpt.tokenizers.patch",
-    "gpt": "vqgpt.models.gpt",
-    "patch_gpt": "vqgpt.models.patch_gpt",
-    "classifier": "vqgpt.models.image_classifier",
-    "gpt_classifier": "vqgpt.models.gpt_classifier",
-}
+# The packages whose modules hold vqgpt's own architectures: every module in them is imported the first time a
+# checkpoint names an arch not registered yet, so a new model or tokenizer file registers itself by its decorator.
+BUILTIN_PACKAGES = ("vqgpt.tokenizers", "vqgpt.models")
+
 
 M = TypeVar("M", bound=nn.Module)
 _REGISTRY: dict[str, tuple[type[nn.Module], type]] = {}  # arch -> (model class, config dataclass)
@@ -50,28 +46,27 @@ def register_model(arch: str, config_cls: type) -> Callable[[type[M]], type[M]]:
     return register
 
 
+def _import_builtins() -> None:
+    """Import every module of BUILTIN_PACKAGES (each registers its classes)."""
+    for package_name in BUILTIN_PACKAGES:
+        package = importlib.import_module(package_name)
+        for info in pkgutil.walk_packages(package.__path__, prefix=f"{package_name}."):
+            importlib.import_module(info.name)
+
+
 def lookup(arch: str, where: str = "checkpoint") -> tuple[type[nn.Module], type]:
     """(model class, config dataclass) of `arch`, importing vqgpt's own on demand; UserError if unknown."""
-    if arch not in _REGISTRY and arch in BUILTIN_ARCHS:
-        importlib.import_module(BUILTIN_ARCHS[arch])  # registers it
     if arch not in _REGISTRY:
-        known = ", ".join(sorted(set(_REGISTRY) | set(BUILTIN_ARCHS)))
-        raise UserError(f"{where} has unknown arch {arch!r} (known: {known}); import the module that registers "
-                        "it, or upgrade vqgpt")
+        _import_builtins()
+    if arch not in _REGISTRY:
+        raise UserError(f"{where} has unknown arch {arch!r} (known: {', '.join(sorted(_REGISTRY))}); import the "
+                        "module that registers it, or upgrade vqgpt")
     return _REGISTRY[arch]
 
 
 def arch_of(model: nn.Module) -> str | None:
-    """The arch name `model`'s class is registered under (vqgpt's own imported on demand), or None."""
-    for arch, (model_cls, _) in _REGISTRY.items():
-        if type(model) is model_cls:
-            return arch
-    for arch, module in BUILTIN_ARCHS.items():
-        if arch not in _REGISTRY and module == type(model).__module__:
-            importlib.import_module(module)
-            if _REGISTRY.get(arch, (None,))[0] is type(model):
-                return arch
-    return None
+    """The arch name `model`'s class is registered under (its module registered it when imported), or None."""
+    return next((arch for arch, (model_cls, _) in _REGISTRY.items() if type(model) is model_cls), None)
 
 
 def check_model(model: nn.Module, arch: str) -> None:

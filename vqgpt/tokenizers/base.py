@@ -10,13 +10,16 @@
 How the other ways of writing images token by token fit, without touching the GPT stage:
 - A pixel palette (Image GPT, Chen et al. 2020): each pixel is one token, the index of its nearest palette
   colour; `latent_grid` is (image_size, image_size), `codebook_size` the palette size, `decode_tokens` looks the
-  colours up. Its training (k-means on pixels) is its own task in `vqgpt.train.tokenizer`.
+  colours up. Its training (k-means on pixels) is its `fit`.
 - Continuous patches (PatchGPT): `codebook_size` is None and `token_dim` the patch vector's width P*P*C;
   `tokenize` returns (B, h, w, token_dim) floats and `decode_tokens` takes them back. The GPT stage reads
   `is_discrete` to swap the token embedding and softmax head for a linear projection and a regression head;
   the token cache stores float16 rows instead of indices.
 A tokenizer is an `nn.Module` with a dataclass `config`, registered with `@register_model(arch, Config)` and
-saved with stage "tokenizer", so `load_checkpoint` rebuilds it from its directory alone.
+saved with stage "tokenizer", so `load_checkpoint` rebuilds it from its directory alone. A new kind is its config
+dataclass (a `TokenizerConfig` subclass in vqgpt/config.py, collected by its `name`), its class here with
+`@register_model`, and a YAML in configs/tokenizer/; train_tokenizer.py trains it on the engine (an autoencoder:
+reconstruction, perceptual and GAN losses, plus its bottleneck's `loss`) unless it defines `fit`.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ class Tokenizer(nn.Module):
     """Images <-> token grids. Subclasses set `config` and implement the abstract members below."""
 
     config: Any  # the implementation's config dataclass (saved as the checkpoint's model_config)
+    # `fit(self, dataset, seed) -> str`: fit in place from the train split, no gradient steps, and say how in one
+    # line (the pixel palette's k-means, the patch cutter's nothing); None: trained on the engine.
+    fit: Any = None
 
     @property
     def image_size(self) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -62,11 +63,18 @@ class PixelTokenizer(Tokenizer):
 
     def __init__(self, config: PixelConfig):
         super().__init__()
-        if config.palette not in PALETTES or config.num_colors is None:
-            raise ValueError("build PixelTokenizer from resolve_pixel_config(config)")
+        config = resolve_pixel_config(config)  # `auto` and null filled in, checked (a saved config is resolved)
         self.config = config
         self.register_buffer("palette", uniform_palette(config.num_colors, config.in_channels)
                              if config.palette == "uniform" else torch.zeros(config.num_colors, config.in_channels))
+
+    def fit(self, dataset: Dataset, seed: int) -> str:
+        """Fit the palette to `dataset` (k-means; a uniform one has nothing to fit); says what it did."""
+        cfg, start = self.config, time.perf_counter()
+        fit_palette(self, dataset, seed)
+        return f"{cfg.palette} palette of {cfg.num_colors} colours" + (
+            f", k-means on {cfg.fit_pixels} train pixels in {time.perf_counter() - start:.1f} s"
+            if cfg.palette == "kmeans" else "")
 
     @property
     def latent_grid(self) -> tuple[int, int]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 from einops import rearrange
+from torch.utils.data import Dataset
 
 from vqgpt.config import PatchConfig
 from vqgpt.errors import UserError
@@ -30,6 +31,10 @@ class PatchTokenizer(Tokenizer):
         if config.patch_size < 1 or config.image_size % config.patch_size:
             raise UserError(f"tokenizer.patch_size={config.patch_size} must divide image_size={config.image_size}")
         self.config = config
+
+    def fit(self, dataset: Dataset, seed: int) -> str:
+        """Nothing to learn: patches are cut and joined by the config alone."""
+        return f"{self.config.patch_size}x{self.config.patch_size} patches: nothing to fit"
 
     @property
     def latent_grid(self) -> tuple[int, int]:

@@ -1,6 +1,6 @@
-"""Stage 1: train a tokenizer, then evaluate it on the test split. One task per tokenizer implementation,
-`TASKS[type(run.tokenizer)]`: the VQ-GAN trains on the engine; the pixel palette is fitted by k-means (seconds)
-and the patch tokenizer has nothing to learn, so both are saved, drawn and evaluated at once.
+"""Stage 1: train a tokenizer, then evaluate it on the test split. A tokenizer with a `fit` (the pixel palette's
+k-means, seconds; the patch cutter, nothing to learn) is fitted, saved, drawn and evaluated at once; the others
+(the VQ-GAN) train on the engine.
 
     results = train_tokenizer(run, out_dir, config)     # run: TrainTokenizerRun
 
@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from vqgpt import registry
 from vqgpt.checkpoint import save_checkpoint
-from vqgpt.config import PatchConfig, PixelConfig, TrainTokenizerRun, VQGANConfig
+from vqgpt.config import TrainTokenizerRun
 from vqgpt.data import build_dataset, dataset_info
 from vqgpt.device import pick_device, set_threads
 from vqgpt.errors import UserError, argument_prefix
@@ -28,8 +27,6 @@ from vqgpt.eval.lpips import build_lpips
 from vqgpt.eval.reconstruction import reconstruction_metrics
 from vqgpt.images import save_grid
 from vqgpt.tokenizers import Tokenizer
-from vqgpt.tokenizers.palette import PixelTokenizer, fit_palette, resolve_pixel_config
-from vqgpt.tokenizers.patch import PatchTokenizer
 from vqgpt.tokenizers.vqgan.discriminator import build_discriminator
 from vqgpt.tokenizers.vqgan.losses import LPIPS_MIN_SIZE, VQGANLoss
 from vqgpt.tokenizers.vqgan.model import VQGAN
@@ -155,26 +152,22 @@ def train_vqgan(run: TrainTokenizerRun, out_dir: Path, config: dict) -> dict:
 
 
 def fit_direct(run: TrainTokenizerRun, out_dir: Path, config: dict) -> dict:
-    """A tokenizer without gradient training: the pixel palette (k-means on the train split's pixels, or
-    uniform levels) or the patch cutter (nothing to fit). Saved as checkpoints/last at step 0, then evaluated on
+    """A tokenizer with a `fit` (no gradient training: the pixel palette's k-means, the patch cutter's nothing):
+    built from its config before the data loads, fitted, saved as checkpoints/last at step 0, then evaluated on
     the test split like a VQ-GAN (eval.json, reconstructions/step_0000000.png)."""
     check_data_fits(run)
     set_threads(run.trainer.num_threads)
-    pixel = isinstance(run.tokenizer, PixelConfig)
-    model = PixelTokenizer(resolve_pixel_config(run.tokenizer)) if pixel else PatchTokenizer(run.tokenizer)
+    model_cls, _ = registry.lookup(run.tokenizer.name, where="tokenizer")
+    with argument_prefix("tokenizer."):
+        model = model_cls(run.tokenizer)
     train_set, test_set = build_dataset(run.dataset, "train"), build_dataset(run.dataset, "test")
-    if pixel:
-        cfg, start = model.config, time.perf_counter()
-        fit_palette(model, train_set, run.trainer.seed)
-        print(f"{cfg.palette} palette of {cfg.num_colors} colours"
-              + (f", k-means on {cfg.fit_pixels} train pixels in {time.perf_counter() - start:.1f} s"
-                 if cfg.palette == "kmeans" else ""))
+    print(model.fit(train_set, run.trainer.seed))
     h, w = model.latent_grid
     print(f"{run.dataset.name}: {h}x{w} = {h * w} tokens per image"
           + (f" of K={model.codebook_size}" if model.is_discrete else f" of {model.token_dim} numbers"))
     meta = dataset_info(run.dataset, train_set)
     meta.update(model.checkpoint_meta(), data_config=dataclasses.asdict(run.dataset))
-    ckpt = save_checkpoint(out_dir / "checkpoints" / "last", model, stage="tokenizer", arch=model.config.name,
+    ckpt = save_checkpoint(out_dir / "checkpoints" / "last", model, stage="tokenizer", arch=run.tokenizer.name,
                            meta=meta, step=0)
     device = pick_device(run.trainer.device)
     model = model.to(device).eval()
@@ -188,11 +181,8 @@ def fit_direct(run: TrainTokenizerRun, out_dir: Path, config: dict) -> dict:
     return results
 
 
-# One training task per tokenizer schema; a new tokenizer adds its own.
-TASKS: dict[type, Callable[[TrainTokenizerRun, Path, dict], dict]] = {
-    VQGANConfig: train_vqgan, PixelConfig: fit_direct, PatchConfig: fit_direct}
-
-
 def train_tokenizer(run: TrainTokenizerRun, out_dir: Path, config: dict) -> dict:
-    """Train the tokenizer `run.tokenizer` describes; returns its evaluation on the test split."""
-    return TASKS[type(run.tokenizer)](run, out_dir, config)
+    """Train the tokenizer `run.tokenizer` describes (its class, by `tokenizer.name`, from the registry): fitted
+    directly when it has a `fit`, else trained on the engine; returns its evaluation on the test split."""
+    model_cls, _ = registry.lookup(run.tokenizer.name, where="tokenizer")
+    return (fit_direct if model_cls.fit is not None else train_vqgan)(run, out_dir, config)
