@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from einops import rearrange
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
@@ -494,3 +496,35 @@ def test_the_command_line_names_the_config_key(tmp_path):
     engine = Engine(run.trainer, tmp_path, {}, run.logger, resume=None)
     with pytest.raises(UserError, match=r"^tokenizer\.quantizer\.num_codewords=0 is invalid"):
         VQGANTask(run, engine)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(cos_dist=True, proj_dim=4), dict(name="fsq", levels=[4, 4])],
+                         ids=["vq", "cosine", "fsq"])
+def test_sequences_b_n_d_are_quantized_like_grids(kw):
+    """Regression: only (B, D, H, W) worked; (B, N, D) died in einops (vector-quantize-pytorch takes it)."""
+    torch.manual_seed(0)
+    q = make(**kw).eval()
+    z = torch.randn(2, 10, q.cfg.embedding_dim)  # (B, N, D)
+    out = q(z)
+    grid = q(rearrange(z, "b n d -> b d n 1"))
+    assert out.z_q.shape == z.shape and out.indices.shape == (2, 10)
+    assert torch.equal(out.indices, grid.indices[..., 0])
+    assert torch.equal(q.quantize(z), out.indices)
+    torch.testing.assert_close(q.dequantize(out.indices), out.z_q)
+    with pytest.raises(ValueError, match=r"takes latents \(B, D, H, W\) or \(B, N, D\)"):
+        q(z[0, 0])
+
+
+def test_a_collapsed_codebook_is_warned_about_once():
+    """Regression: VectorQuantize() collapsed (1.6 % of codes in use) without a word."""
+    torch.manual_seed(0)
+    vq = make(num_codewords=256, usage_window=20)
+    with pytest.warns(UserWarning, match=r"only \d\.\d% of the 256 codes were used in the last 20 steps .* cos_dist"):
+        for _ in range(25):
+            vq(torch.randn(16, D, 8, 8) * 0.1 + 1.0)
+    healthy = make(num_codewords=256, usage_window=20, cos_dist=True, proj_dim=4, init_method="latent_random",
+                   penalty_weight=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(25):
+            healthy(torch.randn(16, D, 8, 8))

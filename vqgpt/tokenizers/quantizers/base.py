@@ -24,11 +24,15 @@ forwards and `quantize`/`dequantize` never communicate.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
+from einops import rearrange
 from torch import Tensor, nn
+
+COLLAPSED = 0.1  # a usage below this after usage_window training steps is warned about
 
 
 @dataclass
@@ -74,7 +78,18 @@ def _sample_rows(x: Tensor, n: int) -> Tensor:
 
 
 class Quantizer(nn.Module):
-    """Base class of every quantizer: the interface, plus the step counter and usage bookkeeping."""
+    """Base class of every quantizer: the interface, plus the step counter and usage bookkeeping.
+
+    Input: encoder latents (B, D, H, W), or token sequences (B, N, D) as vector-quantize-pytorch takes them
+    (D = embedding_dim); outputs keep that layout (indices (B, H, W) or (B, N)).
+
+    One training-mode forward is one step: EMA updates, usage counts, the latent init and dead-code restarts
+    happen inside it, so call it once per micro-batch (reuse `z_q` for a discriminator step), add `out.loss` to
+    your loss as it is (already weighted), and log `out.metrics` (`perplexity` of the batch's codes in [1, K],
+    `usage`: the fraction of codes used in the last `usage_window` steps, `dead_codes`: their count). A usage that
+    falls low early means collapse: the cosine settings (cos_dist=True, proj_dim=8, init_method="latent_random",
+    penalty_weight=0.1; configs/tokenizer/quantizer/cosine.yaml) keep every code in use where plain VQ does not.
+    Subclasses implement `_forward`, `_quantize` and `_dequantize` on the (B, D, H, W) layout."""
 
     def __init__(self, num_codewords: int, usage_window: int):
         super().__init__()
@@ -82,17 +97,55 @@ class Quantizer(nn.Module):
         self.usage_window = usage_window
         self.register_buffer("step", torch.zeros((), dtype=torch.long))  # training forwards so far
         self.register_buffer("last_used", torch.full((num_codewords,), -1, dtype=torch.long))  # -1 = never
+        self._forwards = 0  # training forwards of this process (for the one collapse check; not saved)
 
     def forward(self, z: Tensor) -> QuantizerOutput:
-        """Quantize latents (B, D, H, W); in training mode also take one step of codebook bookkeeping."""
-        raise NotImplementedError
+        """Quantize latents (B, D, H, W) or (B, N, D); in training mode also take one step of codebook
+        bookkeeping."""
+        if z.ndim == 3:  # (B, N, D) sequences: a (B, D, N, 1) grid inside
+            out = self._forward(rearrange(z, "b n d -> b d n 1"))
+            out = QuantizerOutput(rearrange(out.z_q, "b d n 1 -> b n d"), out.indices[..., 0], out.loss,
+                                  out.metrics)
+        else:
+            self._check_grid(z)
+            out = self._forward(z)
+        if self.training:
+            self._forwards += 1
+            if self._forwards == self.usage_window and "usage" in out.metrics:  # once: one host sync
+                self._warn_if_collapsed(float(out.metrics["usage"]))
+        return out
+
+    def _warn_if_collapsed(self, usage: float) -> None:
+        if usage < COLLAPSED:
+            warnings.warn(f"{type(self).__name__}: only {usage:.1%} of the {self.num_codewords} codes were used in "
+                          f"the last {self.usage_window} steps (codebook collapse); the cosine settings keep them "
+                          "in use: cos_dist=True, proj_dim=8, init_method='latent_random', penalty_weight=0.1",
+                          stacklevel=3)
 
     def quantize(self, z: Tensor) -> Tensor:
-        """Latents (B, D, H, W) -> code indices (B, H, W), long."""
-        raise NotImplementedError
+        """Latents (B, D, H, W) -> code indices (B, H, W), long; or (B, N, D) -> (B, N)."""
+        if z.ndim == 3:
+            return self._quantize(rearrange(z, "b n d -> b d n 1"))[..., 0]
+        self._check_grid(z)
+        return self._quantize(z)
 
     def dequantize(self, indices: Tensor) -> Tensor:
-        """Code indices (B, H, W) -> quantized latents (B, D, H, W)."""
+        """Code indices (B, H, W) -> quantized latents (B, D, H, W); or (B, N) -> (B, N, D)."""
+        if indices.ndim == 2:
+            return rearrange(self._dequantize(indices[..., None]), "b d n 1 -> b n d")
+        return self._dequantize(indices)
+
+    def _check_grid(self, z: Tensor) -> None:
+        if z.ndim != 4:
+            raise ValueError(f"z of shape {tuple(z.shape)}: a quantizer takes latents (B, D, H, W) or (B, N, D)")
+
+    def _forward(self, z: Tensor) -> QuantizerOutput:
+        raise NotImplementedError
+
+    def _quantize(self, z: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _dequantize(self, indices: Tensor) -> Tensor:
         raise NotImplementedError
 
     def _dead_mask(self) -> Tensor:

@@ -72,16 +72,16 @@ class FSQ(Quantizer):
         return rearrange(self.out_proj(digits / self.half_width), "b h w d -> b d h w")
 
     @torch.no_grad()
-    def quantize(self, z: Tensor) -> Tensor:
+    def _quantize(self, z: Tensor) -> Tensor:
         """Latents (B, D, H, W) -> code indices (B, H, W), long."""
         return self._to_indices(self._digits(z))
 
-    def dequantize(self, indices: Tensor) -> Tensor:
+    def _dequantize(self, indices: Tensor) -> Tensor:
         """Code indices (B, H, W) -> quantized latents (B, D, H, W)."""
         digits = (indices[..., None] // self.basis) % self.levels - self.half_width  # (B, H, W, L)
         return self._to_output(digits.float())
 
-    def forward(self, z: Tensor) -> QuantizerOutput:
+    def _forward(self, z: Tensor) -> QuantizerOutput:
         """Quantize latents (B, D, H, W); no loss (zero); in training mode, count codebook usage."""
         digits = self._digits(z)  # (B, H, W, L)
         indices = self._to_indices(digits)  # (B, H, W)

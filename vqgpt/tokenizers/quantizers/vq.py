@@ -119,19 +119,19 @@ class VectorQuantize(Quantizer):
             return _sq_dist(self._search(x.float()), self._search(codes.float()))
 
     @torch.no_grad()
-    def quantize(self, z: Tensor) -> Tensor:
+    def _quantize(self, z: Tensor) -> Tensor:
         """Latents (B, D, H, W) -> code indices (B, H, W), long."""
         x = self._latents(z)  # (B, H, W, C)
         dist_ = self._distances(rearrange(x, "b h w c -> (b h w) c"), self._codes())  # (N, K)
         return dist_.argmin(-1).view(x.shape[:-1])
 
-    def dequantize(self, indices: Tensor) -> Tensor:
+    def _dequantize(self, indices: Tensor) -> Tensor:
         """Code indices (B, H, W) -> quantized latents (B, D, H, W)."""
         return rearrange(self.out_proj(self._codes()[indices]), "b h w d -> b d h w")
 
     # --- forward
 
-    def forward(self, z: Tensor) -> QuantizerOutput:
+    def _forward(self, z: Tensor) -> QuantizerOutput:
         """Quantize latents (B, D, H, W); in training mode also update the codebook state (one step)."""
         cfg = self.cfg
         z_e = self._latents(z)  # (B, H, W, C)
