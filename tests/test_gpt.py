@@ -188,7 +188,7 @@ def test_checkpoint_round_trip_rebuilds_identical_model(tmp_path, tie):
 
 CASES = {
     "unconditional": dict(num_classes=0, kwargs={}),
-    "null_class": dict(num_classes=CLASSES, kwargs={}),
+    "null_class": dict(num_classes=CLASSES, kwargs=dict(cond=CLASSES)),  # model.null_class: unconditional
     "class": dict(num_classes=CLASSES, kwargs=dict(cond=LABELS)),
     "one_class_cfg": dict(num_classes=CLASSES, kwargs=dict(cond=2, cfg_scale=3.0)),
     "cfg_filtered": dict(num_classes=CLASSES, kwargs=dict(cond=LABELS, cfg_scale=1.5, top_k=5, top_p=0.7,
@@ -267,7 +267,7 @@ def test_cfg_scale_endpoints(scale, matches):
     guided, reference = [], []
     tokens_guided = generate(model, BATCH, cond=LABELS, cfg_scale=scale, seed=5,
                              callback=lambda t, x, lg: guided.append(lg))
-    cond = None if matches == "uncond" else LABELS
+    cond = model.null_class if matches == "uncond" else LABELS
     tokens_reference = generate(model, BATCH, cond=cond, seed=5, callback=lambda t, x, lg: reference.append(lg))
     assert torch.equal(tokens_guided, tokens_reference)
     torch.testing.assert_close(torch.stack(guided), torch.stack(reference), rtol=0, atol=1e-5)
@@ -367,12 +367,13 @@ def test_valid_sampling_args_pass():
     (CLASSES, dict(temperature=0.0), "^temperature=0.0 is invalid"),
     (0, dict(cond=1), "unconditional"),
     (0, dict(cfg_scale=2.0), "guidance needs a class-conditional GPT"),
-    (CLASSES, dict(cfg_scale=2.0), "cfg_scale needs class labels"),
-    (CLASSES, dict(cond=CLASSES), r"out of range; this GPT has classes 0..2"),
+    (CLASSES, dict(cfg_scale=2.0), "^cond=None is invalid: this GPT is class-conditional"),
+    (CLASSES, dict(), r"^cond=None is invalid: .* or model.null_class \(3\) for unconditional samples"),
+    (CLASSES, dict(cond=CLASSES + 1), r"out of range; this GPT has classes 0..2"),  # CLASSES is the null class
     (CLASSES, dict(cond=torch.tensor([0, 1])), r"cond has shape \(2,\)"),
-    (CLASSES, dict(prefix=tokens()[:2, :3]), r"prefix has shape \(2, 3\)"),
-    (CLASSES, dict(prefix=tokens()), rf"P < {BLOCK}"),
-    (CLASSES, dict(prefix=tokens()[:, :3] + VOCAB), "another tokenizer"),
+    (CLASSES, dict(cond=0, prefix=tokens()[:2, :3]), r"prefix has shape \(2, 3\)"),
+    (CLASSES, dict(cond=0, prefix=tokens()), rf"P < {BLOCK}"),
+    (CLASSES, dict(cond=0, prefix=tokens()[:, :3] + VOCAB), "another tokenizer"),
 ])
 def test_generate_refuses_bad_requests(num_classes, kwargs, match):
     model = tiny_gpt(num_classes=num_classes)

@@ -198,3 +198,18 @@ def test_image_batches_cover_every_image_once_and_never_share_a_seed(accept_n):
         chunks = -(-len(index) * per_image // 6)
         seeds += [settings.seed + k for k in range(chunks)]
     assert len(seeds) == len(set(seeds)) and min(seeds) == 5
+
+
+def test_cond_means_one_thing_everywhere(tiny_ckpts):
+    """Regression: generate took an int but sample_images neither an int nor tensor([3]); cond=None on a
+    class-conditional GPT drew the null class silently."""
+    models = pipeline.Models(load_checkpoint(tiny_ckpts / "tok").model, load_checkpoint(tiny_ckpts / "gpt").model,
+                             DATA.class_names, dataclasses.asdict(DATA))
+    s = SampleRun().sampling
+    by_index = pipeline.sample_images(models, torch.tensor([4, 4]), 2, s, batch_size=4)
+    for cond in (4, torch.tensor(4), [4, 4], "circle", ["Circle", 4]):
+        assert torch.equal(pipeline.sample_images(models, cond, 2, s, batch_size=4), by_index), cond
+    with pytest.raises(ValueError, match="this GPT is class-conditional"):
+        pipeline.sample_images(models, None, 2, s, batch_size=4)
+    unconditional = pipeline.sample_images(models, models.gpt.null_class, 2, s, batch_size=4)
+    assert unconditional.shape == by_index.shape

@@ -164,9 +164,27 @@ def sample_tokens(gpt: nn.Module, cond: torch.Tensor | None, num: int, s: Sampli
     return torch.cat(out)
 
 
-def sample_images(models: Models, cond: torch.Tensor | None, num: int, s: SamplingOptions,
+def as_labels(models: Models, cond: torch.Tensor | int | str | list | None, num: int) -> torch.Tensor | None:
+    """`cond` as (num,) class indices on the GPT's device: one class for all (an index or a name), one per image
+    (indices or names), or None (an unconditional GPT)."""
+    if cond is None:
+        return None
+    def index(label: int | str) -> int:
+        return resolve_class(label, models.class_names, models.gpt.config.num_classes) if isinstance(label, str) \
+            else label
+
+    if isinstance(cond, (str, list, tuple)):
+        cond = index(cond) if isinstance(cond, str) else [index(label) for label in cond]
+    device = next(models.gpt.parameters()).device
+    cond = torch.as_tensor(cond, dtype=torch.long, device=device)
+    return cond.expand(num).clone() if cond.ndim == 0 else cond
+
+
+def sample_images(models: Models, cond: torch.Tensor | int | str | list | None, num: int, s: SamplingOptions,
                   batch_size: int) -> torch.Tensor:
-    """(num, C, H, W) images; with accept_n > 1, each the classifier's best of accept_n candidates."""
+    """(num, C, H, W) images of the classes `cond` (see as_labels); with accept_n > 1, each the classifier's best
+    of accept_n candidates."""
+    cond = as_labels(models, cond, num)
     n = s.accept_n or 1
     if n == 1:
         return decode(models.tokenizer, sample_tokens(models.gpt, cond, num, s, batch_size), batch_size)

@@ -149,6 +149,9 @@ def _prepare(model: nn.Module, num_samples: int, cond: torch.Tensor | int | None
         raise UserError(f"num_samples={num_samples} must be a positive integer")
     device = next(model.parameters()).device
     batch, block_size = int(num_samples), config.block_size
+    if cond is None and config.num_classes:  # never the null class by accident
+        raise ArgumentError("cond", None, f"this GPT is class-conditional: pass a class index (one, or one per "
+                            f"sample), or model.null_class ({model.null_class}) for unconditional samples")
     if cond is not None:
         if config.num_classes == 0:
             raise UserError("this GPT is unconditional (num_classes=0); sample without a class label")
@@ -156,7 +159,8 @@ def _prepare(model: nn.Module, num_samples: int, cond: torch.Tensor | int | None
         cond = cond.expand(batch) if cond.ndim == 0 else cond
         if cond.shape != (batch,):
             raise UserError(f"cond has shape {tuple(cond.shape)}; give one class, or one per sample ({batch},)")
-        if cond.min() < 0 or cond.max() >= config.num_classes:
+        if cond.min() < 0 or cond.max() > config.num_classes or \
+                (cond.max() == config.num_classes and cond.max() != model.null_class):
             raise UserError(f"class labels {cond.min().item()}..{cond.max().item()} out of range; "
                             f"this GPT has classes 0..{config.num_classes - 1}")
     if cfg_scale is not None:
@@ -245,7 +249,8 @@ def generate(
     """(num_samples, block_size) tokens (patches: (num_samples, block_size, D)), after `prefix` (B, P[, D]) if
     given; KV cache: one prefill, then a token a step.
 
-    cond: one class index or (B,) indices; None = unconditional (the null class on a conditional GPT).
+    cond: one class index or (B,) indices (model.null_class: unconditional samples of a conditional GPT); None
+    only for an unconditional GPT.
     cfg_scale: classifier-free guidance, None = off; seed: a torch.Generator of its own, None = global RNG.
     compile: the decode step through torch.compile with static shapes (`model.decode_static`), compiled once
     per model and batch size; it equals the eager step within float tolerance.
