@@ -134,3 +134,28 @@ def test_the_quality_table_letters_fids_by_protocol(tmp_path):
     assert "rFID 3.00 [A]" in table and "FID-10000 6.00 [B] (cfg_scale 2;" in table
     assert "FID-10000 8.00 [B] (no guidance;" in table
     assert table.count("[A] ") == 1 and "balanced: 1000 per class" in table
+
+
+def test_rejection_sampling_gets_the_classifier_it_was_given(tiny_ckpts, tmp_path, monkeypatch):
+    """Regression: `evaluate.py stage=gpt checkpoint_classifier=... sampling.accept_n=8` was refused ("needs a
+    classifier"): the sampling run was built without it."""
+    import vqgpt.eval.evaluate as evaluate_module
+
+    torch.manual_seed(0)
+    classifier = Classifier(ClassifierConfig(in_channels=3, image_size=8, num_classes=6, channels=[8]))
+    save_checkpoint(tmp_path / "clf", classifier, stage="classifier", arch="classifier", meta=dataset_info(PATTERNS),
+                    step=0)
+    seen = {}
+
+    def fake_sample_fid(models, fid, labels, num, s, batch_size, classifier=None, desc=""):
+        seen.update(rejection=models.classifier, accuracy=classifier, accept_n=s.accept_n)
+        return {"fid": 1.0, "protocol": {}, "seconds": 0.0}
+
+    monkeypatch.setattr(evaluate_module, "sample_fid", fake_sample_fid)
+    monkeypatch.setattr(evaluate_module, "build_fid", lambda *a, **k: None)
+    run = EvaluateRun(checkpoint_vae=str(tiny_ckpts / "tok"), checkpoint_gpt=str(tiny_ckpts / "gpt"),
+                      checkpoint_classifier=str(tmp_path / "clf"), fid=EvaluateFIDConfig(num_samples=6),
+                      cache_dir=str(tmp_path / "cache"))
+    run.sampling.accept_n = 8
+    evaluate_module.evaluate_gpt(run, torch.device("cpu"))
+    assert seen["accept_n"] == 8 and seen["rejection"] is not None and seen["accuracy"] is seen["rejection"]

@@ -152,7 +152,7 @@ def test_the_is_head_has_no_offline_source_and_says_how_to_get_it():
         load_weights("fid_inception_v3_logits")
 
 
-def test_reference_statistics_of_a_folder_follow_its_files(tmp_path, monkeypatch, capsys):
+def test_reference_statistics_of_a_folder_follow_its_files(tmp_path, monkeypatch, caplog):
     """Regression: the statistics were keyed on the data config only, so a folder's new images were never seen."""
     from test_token_cache import write_folder
 
@@ -168,10 +168,11 @@ def test_reference_statistics_of_a_folder_follow_its_files(tmp_path, monkeypatch
     monkeypatch.setattr(fid_module, "feature_sums", mean_pixel_sums)
     write_folder(tmp_path / "imgs", 40)
     cfg = DatasetConfig(name="folder", root=str(tmp_path / "imgs"), image_size=8, channels=3, num_classes=2)
+    caplog.set_level("INFO", logger="vqgpt")
     half0, _, path = fid_module.reference_stats(Net(), cfg, "train", CPU)
     again, _, _ = fid_module.reference_stats(Net(), cfg, "train", CPU)
-    assert torch.equal(again["features_sum"], half0["features_sum"]) and "computing" not in capsys.readouterr().out
+    assert torch.equal(again["features_sum"], half0["features_sum"]) and "computing" not in caplog.text
     write_folder(tmp_path / "imgs", 40, seed=1)  # the same names, new pixels
     changed, _, again_path = fid_module.reference_stats(Net(), cfg, "train", CPU)
     assert again_path == path and not torch.equal(changed["features_sum"], half0["features_sum"])
-    assert "computed from other image files" in capsys.readouterr().out
+    assert "computed from other image files" in caplog.text

@@ -113,3 +113,20 @@ def test_bad_palette_or_patch_size_is_one_error_line(tmp_path, run_script, overr
     out = run_script("train_tokenizer.py", *overrides, "trainer.device=cpu", cwd=tmp_path)
     assert message in one_error_line(out)
     assert not list(tmp_path.glob("outputs/**/checkpoints"))  # nothing saved
+
+
+@pytest.mark.parametrize("arch", ["vqgan", "pixel", "patch"])
+def test_inference_methods_run_without_autograd(arch):
+    """Regression: tokenize/decode_tokens built autograd graphs (memory) for library users."""
+    from vqgpt.config import PatchConfig, PixelConfig, VQConfig, VQGANConfig
+    from vqgpt.tokenizers.palette import PixelTokenizer
+    from vqgpt.tokenizers.patch import PatchTokenizer
+    from vqgpt.tokenizers.vqgan.model import VQGAN
+
+    model = {"vqgan": lambda: VQGAN(VQGANConfig(in_channels=1, image_size=8, channels=8, ch_mult=[1, 2],
+                                                z_channels=4, embed_dim=4, quantizer=VQConfig(embedding_dim=4))),
+             "pixel": lambda: PixelTokenizer(PixelConfig(in_channels=1, image_size=8)),
+             "patch": lambda: PatchTokenizer(PatchConfig(in_channels=1, image_size=8, patch_size=4))}[arch]()
+    images = torch.rand(2, 1, 8, 8, requires_grad=True) * 2 - 1
+    tokens = model.tokenize(images)
+    assert not tokens.requires_grad and not model.decode_tokens(tokens).requires_grad

@@ -107,7 +107,7 @@ def test_default_cache_is_keyed_on_the_whole_data_config(tmp_path):
         assert default_cache_dir(tmp_path / "tok", dataclasses.replace(DATA, **change), False) != first
 
 
-def test_a_stale_cache_is_rebuilt_by_default_and_refused_where_named(tmp_path, capsys):
+def test_a_stale_cache_is_rebuilt_by_default_and_refused_where_named(tmp_path, caplog):
     make_tokenizer(tmp_path / "tok")
     named, _ = prepare_token_cache(str(tmp_path / "tok"), None, str(tmp_path / "named"))
     with pytest.raises(UserError, match=r"does not match this request \(dataset.num_train=24 there, 12 asked"):
@@ -117,10 +117,11 @@ def test_a_stale_cache_is_rebuilt_by_default_and_refused_where_named(tmp_path, c
     stale = json.loads(header_file.read_text())
     stale["data_config"]["num_train"] = 99  # as if another request had written this directory
     header_file.write_text(json.dumps(stale))
-    capsys.readouterr()
-    again, header = prepare_token_cache(str(tmp_path / "tok"), None, None)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="vqgpt"):
+        again, header = prepare_token_cache(str(tmp_path / "tok"), None, None)
     assert again == default and header["data_config"]["num_train"] == 24
-    assert "is stale (dataset.num_train=99 there, 24 asked): rebuilding it" in capsys.readouterr().out
+    assert "is stale (dataset.num_train=99 there, 24 asked): rebuilding it" in caplog.text
 
 
 def test_a_truncated_array_is_found_before_training(tmp_path, capsys):
@@ -154,7 +155,7 @@ def write_folder(root, count: int, seed: int = 0) -> None:
         Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(path)
 
 
-def test_a_folder_whose_images_changed_is_tokenized_again(tmp_path, capsys):
+def test_a_folder_whose_images_changed_is_tokenized_again(tmp_path, caplog):
     """Regression: the cache key saw only the data config, so 80 -> 120 images per folder trained on the old tokens."""
     write_folder(tmp_path / "imgs", 20)
     folder = DatasetConfig(name="folder", root=str(tmp_path / "imgs"), image_size=8, channels=3, num_classes=2)
@@ -164,10 +165,10 @@ def test_a_folder_whose_images_changed_is_tokenized_again(tmp_path, capsys):
     assert before == 20 and header["files"]["train"]["files"] == header["splits"]["train"]
 
     write_folder(tmp_path / "imgs", 30, seed=1)  # 10 new images, and new pixels in the old 20
-    capsys.readouterr()
-    again, header = prepare_token_cache(str(tmp_path / "tok"), None, None)
+    with caplog.at_level("INFO", logger="vqgpt"):
+        again, header = prepare_token_cache(str(tmp_path / "tok"), None, None)
     assert again == cache and header["splits"]["train"] + header["splits"]["test"] == 30
-    assert "image files changed" in capsys.readouterr().out
+    assert "image files changed" in caplog.text
     rows = TokenDataset(again, "train")
     tokenizer = make_tokenizer(tmp_path / "tok2", data=folder)  # the same weights (seed 0): the same codes
     first = build_dataset(folder, "train", train=False)[0][0]
@@ -179,12 +180,13 @@ def test_a_folder_whose_images_changed_is_tokenized_again(tmp_path, capsys):
         prepare_token_cache(str(tmp_path / "tok"), None, str(named))
 
 
-def test_an_unchanged_folder_reuses_its_cache(tmp_path, capsys):
+def test_an_unchanged_folder_reuses_its_cache(tmp_path, caplog):
     write_folder(tmp_path / "imgs", 12)
     folder = DatasetConfig(name="folder", root=str(tmp_path / "imgs"), image_size=8, channels=3, num_classes=2)
     make_tokenizer(tmp_path / "tok", data=folder)
     cache, _ = prepare_token_cache(str(tmp_path / "tok"), None, None)
     stamp = (cache / "train_tokens.npy").stat().st_mtime_ns
-    capsys.readouterr()
-    assert prepare_token_cache(str(tmp_path / "tok"), None, None)[0] == cache
-    assert (cache / "train_tokens.npy").stat().st_mtime_ns == stamp and capsys.readouterr().out == ""
+    caplog.clear()
+    with caplog.at_level("INFO", logger="vqgpt"):
+        assert prepare_token_cache(str(tmp_path / "tok"), None, None)[0] == cache
+    assert (cache / "train_tokens.npy").stat().st_mtime_ns == stamp and caplog.text == ""

@@ -63,6 +63,7 @@ def main(config_name: str, precheck: Callable[[Any], None] | None = None
 
         @functools.wraps(fn)
         def entry() -> None:
+            console_logging()
             register_configs()
             if any(a in ("--help", "-h") for a in sys.argv[1:]):
                 with user_errors():
@@ -77,6 +78,25 @@ def main(config_name: str, precheck: Callable[[Any], None] | None = None
         return entry
 
     return decorate
+
+
+def console_logging() -> None:
+    """The library logs (`logging.getLogger("vqgpt...")`); a script shows its INFO lines on stdout as they are,
+    and its warnings as `warning: ...` on stderr, without Hydra's timestamped format."""
+    import logging
+
+    logger = logging.getLogger("vqgpt")
+    if logger.handlers:
+        return
+    info = logging.StreamHandler(sys.stdout)
+    info.addFilter(lambda record: record.levelno < logging.WARNING)
+    warning = logging.StreamHandler(sys.stderr)
+    warning.setLevel(logging.WARNING)
+    warning.setFormatter(logging.Formatter("warning: %(message)s"))
+    for handler in (info, warning):
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # not again through Hydra's root handlers
 
 
 def _launched_rank() -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -30,6 +31,8 @@ from vqgpt.data.datasets import build_dataset, dataset_info, files_fingerprint
 from vqgpt.errors import UserError
 from vqgpt.paths import cache_dir as vqgpt_cache
 from vqgpt.progress import progress
+
+log = logging.getLogger(__name__)  # scripts print it plainly (cli.py); Python callers configure logging
 
 HEADER = "header.json"
 FORMAT_VERSION = 2  # 2: the header records the data facts ("data")
@@ -257,9 +260,9 @@ def prepare_token_cache(tokenizer_path: str | None, data_cfg: DatasetConfig | No
                             "it, or point cache_dir elsewhere")
         if named:
             raise UserError(f"token cache {cache} is damaged: {damage}")
-        print(f"token cache {cache} is stale ({problem}): rebuilding it")
+        log.info(f"token cache {cache} is stale ({problem}): rebuilding it")
     else:
-        print(f"token cache {cache} is missing: tokenizing {data_cfg.name} once")
+        log.info(f"token cache {cache} is missing: tokenizing {data_cfg.name} once")
     build_token_cache(tokenizer_path, data_cfg, cache, hflip_copies=hflip_copies, device=device,
                       tokenizer_hash=tokenizer_hash, datasets=datasets)
     return cache, read_header(cache, tokenizer_path, tokenizer_hash=tokenizer_hash)

@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import logging
 import os
 import secrets
 import warnings
@@ -42,6 +43,8 @@ from vqgpt.errors import UserError
 from vqgpt.eval.weights import load_weights
 from vqgpt.paths import cache_dir
 from vqgpt.progress import progress
+
+log = logging.getLogger(__name__)  # scripts print it plainly (cli.py); Python callers configure logging
 
 NUM_FEATURES = 2048  # Inception's pool3 features, what FID compares
 RESIZE = "299x299, TF1 bilinear (torch-fidelity interpolate_bilinear_2d_like_tensorflow1x), no antialiasing"
@@ -231,10 +234,10 @@ def reference_stats(inception: InceptionV3, cfg: DatasetConfig, split: str, devi
             flat = load_file(path)
             if recorded == files:
                 return ({k: flat[f"half0.{k}"] for k in STATE}, {k: flat[f"half1.{k}"] for k in STATE}, path)
-            print(f"{path} was computed from other image files ({recorded} then, {files} now); computing the "
+            log.info(f"{path} was computed from other image files ({recorded} then, {files} now); computing the "
                   "reference statistics again")
         except Exception as e:  # truncated or foreign: rebuild it
-            print(f"{path} is unreadable ({type(e).__name__}); computing the reference statistics again")
+            log.info(f"{path} is unreadable ({type(e).__name__}); computing the reference statistics again")
     n = len(dataset) if max_images is None else min(max_images, len(dataset))
     halves = []
     for half in (0, 1):
@@ -251,7 +254,7 @@ def reference_stats(inception: InceptionV3, cfg: DatasetConfig, split: str, devi
         os.replace(tmp, path)
     except OSError as e:  # a read-only cache: the statistics still serve this run
         tmp.unlink(missing_ok=True)
-        print(f"warning: could not cache the FID reference statistics in {path} ({e.strerror})")
+        log.warning(f"could not cache the FID reference statistics in {path} ({e.strerror})")
     return halves[0], halves[1], path
 
 

@@ -10,8 +10,8 @@ are writer.py's.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
-import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -23,6 +23,8 @@ from vqgpt.errors import UserError, argument_prefix
 from vqgpt.generate.sampling import check_sampling_args, generate, resolve_class
 from vqgpt.models.image_classifier import best_of, class_scores
 from vqgpt.tokenizers import Tokenizer
+
+log = logging.getLogger(__name__)  # scripts print it plainly (cli.py); Python callers configure logging
 
 
 @dataclass
@@ -118,14 +120,14 @@ def load_models(run: SampleRun, device: torch.device) -> Models:
     # GPT's: its EMA weights when it has them, or the raw trained ones.
     gpt = load_checkpoint(run.checkpoint_gpt, expected_stage="gpt", map_location=device, ema=run.ema)
     if gpt.weights == "ema":
-        print(f"{run.checkpoint_gpt}: sampling with its EMA weights (ema=false for the raw ones)")
+        log.info(f"{run.checkpoint_gpt}: sampling with its EMA weights (ema=false for the raw ones)")
     check_pair(tok.model, gpt.model, run.checkpoint_vae, run.checkpoint_gpt)
     check_sample_run(run, gpt.model.config.vocab_size, gpt.model.config.num_classes)
     hashes = {key: checkpoint_hash(getattr(run, key)) for key in ("checkpoint_vae", "checkpoint_gpt")}
     saved_hash = gpt.meta.get("tokenizer_hash")
     if saved_hash and saved_hash != hashes["checkpoint_vae"]:  # same shapes, other weights
-        print(f"warning: {run.checkpoint_gpt} was trained on codes of another tokenizer than {run.checkpoint_vae} "
-              "(the weights differ); samples may be noise", file=sys.stderr)
+        log.warning(f"{run.checkpoint_gpt} was trained on codes of another tokenizer than {run.checkpoint_vae} "
+                    "(the weights differ); samples may be noise")
     models = Models(tok.model, gpt.model, gpt.meta.get("class_names"), tok.meta.get("data_config"), hashes=hashes)
     if run.checkpoint_classifier and (run.sampling.accept_n or 1) > 1:
         classifier = load_checkpoint(run.checkpoint_classifier, expected_stage="classifier", map_location=device)
@@ -194,8 +196,8 @@ def sample_images(models: Models, cond: torch.Tensor | int | str | list | None, 
     scores = torch.cat([class_scores(models.classifier, images[i:i + batch_size],
                                      None if cond_n is None else cond_n[i:i + batch_size]) for i in starts])
     scores = scores.view(num, n)
-    print(f"classifier rejection: best of {n}; mean p(class) {scores.exp().mean():.3f} over all candidates, "
-          f"{scores.max(dim=1).values.exp().mean():.3f} kept")
+    log.info(f"classifier rejection: best of {n}; mean p(class) {scores.exp().mean():.3f} over all candidates, "
+             f"{scores.max(dim=1).values.exp().mean():.3f} kept")
     return best_of(images.view(num, n, *images.shape[1:]), scores)
 
 

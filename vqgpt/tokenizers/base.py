@@ -1,7 +1,8 @@
 """The Tokenizer interface: all the GPT stage, the token cache, sampling, GIFs, completion and evaluation may use.
 
-    tokens = tokenizer.tokenize(images)       # (B, C, H, W) in [-1, 1] -> (B, h, w) long indices
-    images = tokenizer.decode_tokens(tokens)  # (B, h, w) -> (B, C, H, W) in [-1, 1]
+    tokens = tokenizer.tokenize(images)       # (B, C, H, W) in [-1, 1] -> (B, h, w) long indices (no autograd)
+    images = tokenizer.decode_tokens(tokens)  # (B, h, w) -> (B, C, H, W) in [-1, 1] (no autograd)
+    (PIL, uint8 or [0, 1] images: vqgpt.images.to_model_space first; vqgpt.images.to_pil after)
     tokenizer.latent_grid                     # (h, w): the GPT's block_size is h * w
     tokenizer.codebook_size                   # K: the GPT's vocab_size (None for continuous tokens)
     tokenizer.image_size, tokenizer.channels, tokenizer.device

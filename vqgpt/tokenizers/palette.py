@@ -84,6 +84,7 @@ class PixelTokenizer(Tokenizer):
     def codebook_size(self) -> int:
         return self.config.num_colors
 
+    @torch.no_grad()
     def tokenize(self, images: torch.Tensor) -> torch.Tensor:
         batch, channels, height, width = images.shape
         if channels != self.channels:
@@ -91,6 +92,7 @@ class PixelTokenizer(Tokenizer):
         pixels = images.permute(0, 2, 3, 1).reshape(-1, channels).to(self.palette)  # (B*H*W, C)
         return nearest(pixels, self.palette).view(batch, height, width)
 
+    @torch.no_grad()
     def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         grid = tokens.reshape(-1, *self.latent_grid).to(self.palette.device)
         return self.palette[grid].permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)

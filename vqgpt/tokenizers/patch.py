@@ -49,9 +49,11 @@ class PatchTokenizer(Tokenizer):
     def token_dim(self) -> int:
         return self.config.patch_size ** 2 * self.config.in_channels
 
+    @torch.no_grad()
     def tokenize(self, images: torch.Tensor) -> torch.Tensor:
         return rearrange(images, "b c (h p) (w q) -> b h w (p q c)", p=self.config.patch_size, q=self.config.patch_size)
 
+    @torch.no_grad()
     def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         h, w = self.latent_grid
         tokens = tokens.reshape(-1, h, w, self.token_dim)  # (B, h*w, D) too

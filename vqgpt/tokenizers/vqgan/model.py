@@ -265,6 +265,7 @@ class VQGAN(Tokenizer):
         """Images -> the quantizer's output (z_q (B, embed_dim, h, w), indices (B, h, w), loss, metrics)."""
         return self.quantizer(self.encode_latents(x))
 
+    @torch.no_grad()
     def tokenize(self, x: torch.Tensor) -> torch.Tensor:
         """Images -> code indices (B, h, w); no quantizer loss or training-time codebook updates."""
         return self.quantizer.quantize(self.encode_latents(x))
@@ -277,6 +278,7 @@ class VQGAN(Tokenizer):
         """Code indices (B, h, w) -> images (B, C, H, W), not clamped (training and evaluation compare these)."""
         return self.decode(self.quantizer.dequantize(indices))
 
+    @torch.no_grad()
     def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Token grids (B, h, w) or sequences (B, h*w) -> images (B, C, H, W) in [-1, 1], float32."""
         return self.decode_indices(tokens.reshape(-1, *self.latent_grid)).float().clamp(-1, 1)
