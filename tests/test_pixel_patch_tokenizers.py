@@ -130,3 +130,19 @@ def test_inference_methods_run_without_autograd(arch):
     images = torch.rand(2, 1, 8, 8, requires_grad=True) * 2 - 1
     tokens = model.tokenize(images)
     assert not tokens.requires_grad and not model.decode_tokens(tokens).requires_grad
+
+
+@pytest.mark.parametrize("arch", ["pixel", "patch"])
+def test_uint8_images_are_refused_with_the_conversion_to_use(arch):
+    """Regression: uint8 images died in a raw conv dtype error; the line names vqgpt.images.to_model_space."""
+    from vqgpt.config import PatchConfig, PixelConfig
+    from vqgpt.images import to_model_space
+    from vqgpt.tokenizers.palette import PixelTokenizer
+    from vqgpt.tokenizers.patch import PatchTokenizer
+
+    model = PixelTokenizer(PixelConfig(in_channels=1, image_size=8)) if arch == "pixel" else \
+        PatchTokenizer(PatchConfig(in_channels=1, image_size=8, patch_size=4))
+    pixels = torch.randint(0, 256, (2, 1, 8, 8), dtype=torch.uint8)
+    with pytest.raises(TypeError, match=r"images of torch.uint8: .* vqgpt.images.to_model_space"):
+        model.tokenize(pixels)
+    assert model.tokenize(to_model_space(pixels, 1)).shape[:3] == (2, *model.latent_grid)

@@ -85,6 +85,16 @@ class Tokenizer(nn.Module):
         """Images (B, C, H, W) in [-1, 1] -> tokens (B, h, w) long (or (B, h, w, token_dim) float)."""
         raise NotImplementedError
 
+    def check_images(self, images: torch.Tensor) -> None:
+        """A TypeError/ValueError naming the fix for what tokenize cannot read (uint8 pixels, another layout);
+        no values are read (no device sync), so [0, 1] floats pass: convert with vqgpt.images.to_model_space."""
+        if not isinstance(images, torch.Tensor) or not images.dtype.is_floating_point:
+            kind = images.dtype if isinstance(images, torch.Tensor) else type(images).__name__
+            raise TypeError(f"images of {kind}: tokenize takes float (B, C, H, W) in [-1, 1]; convert PIL, uint8 or "
+                            "[0, 1] images with vqgpt.images.to_model_space(images, channels)")
+        if images.ndim != 4 or images.shape[1] != self.channels:
+            raise ValueError(f"images of shape {tuple(images.shape)}: tokenize takes (B, {self.channels}, H, W)")
+
     def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Tokens (B, h, w) (or (B, h*w), or continuous (B, h, w, token_dim)) -> images (B, C, H, W) in [-1, 1]."""
         raise NotImplementedError

@@ -86,6 +86,7 @@ class PixelTokenizer(Tokenizer):
 
     @torch.no_grad()
     def tokenize(self, images: torch.Tensor) -> torch.Tensor:
+        self.check_images(images)
         batch, channels, height, width = images.shape
         if channels != self.channels:
             raise ValueError(f"expected {self.channels}-channel images, got {channels}")

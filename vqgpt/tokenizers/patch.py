@@ -51,6 +51,7 @@ class PatchTokenizer(Tokenizer):
 
     @torch.no_grad()
     def tokenize(self, images: torch.Tensor) -> torch.Tensor:
+        self.check_images(images)
         return rearrange(images, "b c (h p) (w q) -> b h w (p q c)", p=self.config.patch_size, q=self.config.patch_size)
 
     @torch.no_grad()

@@ -268,6 +268,7 @@ class VQGAN(Tokenizer):
     @torch.no_grad()
     def tokenize(self, x: torch.Tensor) -> torch.Tensor:
         """Images -> code indices (B, h, w); no quantizer loss or training-time codebook updates."""
+        self.check_images(x)
         return self.quantizer.quantize(self.encode_latents(x))
 
     def decode(self, z_q: torch.Tensor) -> torch.Tensor:
