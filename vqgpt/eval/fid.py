@@ -69,6 +69,17 @@ def to_uint8_rgb(images: torch.Tensor) -> torch.Tensor:
 def full_fp32() -> Iterator[None]:
     """No TF32 inside: PyTorch lets cuDNN convolutions use it by default on Ampere and newer GPUs, which moves
     Inception's features by ~1e-3 and FIDs with them."""
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9: the legacy flags raise once it is used
+        knobs = (torch.backends.cuda.matmul, torch.backends.cudnn.conv)
+        old = [knob.fp32_precision for knob in knobs]
+        for knob in knobs:
+            knob.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            for knob, value in zip(knobs, old, strict=True):
+                knob.fp32_precision = value
+        return
     old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:

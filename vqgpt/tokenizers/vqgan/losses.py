@@ -84,7 +84,9 @@ def adaptive_weight(nll_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: to
     nll_grad = torch.autograd.grad(nll_loss, last_layer, retain_graph=True)[0]
     g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        both = torch.stack([nll_grad, g_grad])
+        # Flattened first: two channels_last gradients stack into a tensor contiguous in no memory format, which
+        # NCCL refuses (gloo takes it, so the CPU tests would not tell); the norms do not care about layout.
+        both = torch.stack([nll_grad.flatten(), g_grad.flatten()])
         dist.all_reduce(both)
         nll_grad, g_grad = both / dist.get_world_size()
     return (nll_grad.norm() / (g_grad.norm() + eps)).clamp(0.0, max_weight).detach()

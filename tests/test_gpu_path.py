@@ -1,0 +1,56 @@
+"""The CUDA path's findings that a CPU can check (issue: the GPU path, run for real): the adaptive GAN weight
+all-reduces a contiguous tensor (NCCL's demand) with channels_last gradients, `precision=auto` picks bf16 only where
+the GPU computes it natively, FID's TF32 switch uses torch's new fp32_precision API where it exists."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from vqgpt.eval.fid import full_fp32
+from vqgpt.tokenizers.vqgan import losses
+from vqgpt.train import runtime
+
+
+def test_the_adaptive_weight_all_reduces_a_contiguous_tensor_of_channels_last_gradients(monkeypatch):
+    """Regression: two channels_last gradients stacked into a 5-D tensor contiguous in no format; NCCL refuses
+    it, at disc_start, hours into a multi-GPU run (gloo accepts it, so the CPU torchrun tests passed)."""
+    reduced = []
+    monkeypatch.setattr(losses.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(losses.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(losses.dist, "all_reduce", lambda t: reduced.append(t) or t.mul_(2))  # 2 equal ranks
+    conv = nn.Conv2d(4, 3, 3).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 4, 8, 8).to(memory_format=torch.channels_last)
+    out = conv(x)
+    nll, g = out.abs().mean(), -out.mean()
+    weight = losses.adaptive_weight(nll, g, conv.weight)
+    assert len(reduced) == 1 and reduced[0].is_contiguous()
+    monkeypatch.setattr(losses.dist, "is_initialized", lambda: False)
+    assert torch.allclose(weight, losses.adaptive_weight(nll, g, conv.weight))  # 2 equal ranks = 1 process
+
+
+@pytest.mark.filterwarnings("ignore:CUDA is not available")
+@pytest.mark.parametrize(("native", "expected"), [(True, torch.bfloat16), (False, None)])
+def test_precision_auto_is_bf16_only_where_the_gpu_computes_it_natively(monkeypatch, native, expected):
+    """Regression: torch.cuda.is_bf16_supported() counts emulation, so auto chose bf16 on T4/V100 too."""
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: asked.append(
+        including_emulation) or (native or including_emulation))
+    context = runtime.autocast(torch.device("cuda"), "auto")
+    assert asked == [False]
+    assert (getattr(context, "fast_dtype", None) if expected else None) == expected
+    assert isinstance(context, torch.autocast) == (expected is not None)
+    assert runtime.autocast(torch.device("cpu"), "auto").__class__.__name__ == "nullcontext"
+
+
+def test_fid_turns_tf32_off_with_the_api_torch_has_and_puts_it_back():
+    """Regression: full_fp32 read the legacy allow_tf32 flags, which torch refuses once fp32_precision is used."""
+    if not hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        pytest.skip("this torch has only the legacy allow_tf32 flags")
+    knobs = (torch.backends.cuda.matmul, torch.backends.cudnn.conv)
+    torch.backends.cudnn.conv.fp32_precision = "tf32"  # as a user who opted into the new API would have
+    before = [k.fp32_precision for k in knobs]
+    with full_fp32():
+        assert [k.fp32_precision for k in knobs] == ["ieee", "ieee"]
+    assert [k.fp32_precision for k in knobs] == before
