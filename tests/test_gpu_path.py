@@ -54,3 +54,25 @@ def test_fid_turns_tf32_off_with_the_api_torch_has_and_puts_it_back():
     with full_fp32():
         assert [k.fp32_precision for k in knobs] == ["ieee", "ieee"]
     assert [k.fp32_precision for k in knobs] == before
+
+
+def test_the_process_group_waits_long_enough_for_rank_0s_work(monkeypatch):
+    """Regression: torch's default collective timeout (10 min under NCCL) killed a job whose rank 0 built a large
+    token cache or FID-N while the others waited."""
+    from datetime import timedelta
+
+    from vqgpt.errors import UserError
+    from vqgpt.train import distributed
+
+    joined = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda **kw: joined.update(kw))
+    distributed.init_distributed()
+    assert joined["timeout"] == timedelta(hours=4)
+    monkeypatch.setenv("VQGPT_DIST_TIMEOUT", "30")
+    distributed.init_distributed()
+    assert joined["timeout"] == timedelta(minutes=30)
+    monkeypatch.setenv("VQGPT_DIST_TIMEOUT", "soon")
+    with pytest.raises(UserError, match="VQGPT_DIST_TIMEOUT='soon' must be a positive number of minutes"):
+        distributed.init_distributed()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -20,12 +21,26 @@ def distributed() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def collective_timeout() -> datetime.timedelta:
+    """How long a rank waits in a collective: $VQGPT_DIST_TIMEOUT minutes, default 240. Rank 0 works alone while
+    the others wait (the token cache of a large dataset, FID statistics, evaluation, FID-N samples), far longer
+    than torch's defaults (10 min NCCL, 30 min gloo) that would kill the job."""
+    value = os.environ.get("VQGPT_DIST_TIMEOUT", "240")
+    try:
+        minutes = float(value)
+    except ValueError:
+        minutes = -1.0
+    if minutes <= 0:
+        raise UserError(f"VQGPT_DIST_TIMEOUT={value!r} must be a positive number of minutes, e.g. 240")
+    return datetime.timedelta(minutes=minutes)
+
+
 def init_distributed() -> None:
     """Join the process group torchrun describes (env://): gloo for CPU tensors, NCCL for CUDA ones."""
     if not distributed() or dist.is_initialized():
         return
     backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend=backend)
+    dist.init_process_group(backend=backend, timeout=collective_timeout())
 
 
 def rank() -> int:
