@@ -51,18 +51,23 @@ def build(case: str, args: argparse.Namespace, device: torch.device):
     cfg = GPTConfig(vocab_size=args.vocab, block_size=args.tokens, num_classes=0, n_layer=args.layers,
                     n_head=args.heads, n_embd=args.width)
     tokens = torch.randint(0, args.vocab, (args.batch, args.tokens), device=device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
     if case.startswith("vqgpt"):
         model = GPT(cfg).to(device).train()
         opt = adamw(model, lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY, fused=case == "vqgpt_fused")
+        net = torch.compile(model) if args.compile else model
 
         def loss() -> torch.Tensor:
-            return model(tokens, targets=tokens)[1]
+            with autocast:
+                return net(tokens, targets=tokens)[1]
     else:
         model = hf_gpt2(cfg).to(device).train()
         opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY)
+        net = torch.compile(model) if args.compile else model
 
         def loss() -> torch.Tensor:
-            return model(input_ids=tokens, labels=tokens).loss
+            with autocast:
+                return net(input_ids=tokens, labels=tokens).loss
 
     def step() -> None:
         loss().backward()
@@ -103,6 +108,10 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="bf16: autocast, both models")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both models")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the chip's dense peak for --precision (H100/H200 bf16: 989): reports MFU")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "training_speed.json")
     parser.add_argument("--memory-of", choices=CASES, help=argparse.SUPPRESS)  # internal: the child process
     args = parser.parse_args()
@@ -122,21 +131,28 @@ def main() -> None:
     med = {case: median(values) for case, values in times.items()}
     tokens = args.batch * args.tokens
     memory = {case: child_memory(case) for case in CASES}
+    # Model FLOPs per token, PaLM's estimate (nanoGPT's too): 6 per weight (forward and backward) plus attention,
+    # 12 * layers * width * tokens; MFU = achieved over the chip's peak.
+    flops = {case: 6 * params[case] + 12 * args.layers * args.width * args.tokens for case in CASES}
     rows = [{"case": case, "median_seconds": med[case], "tokens_per_second": tokens / med[case],
              "speedup_vs_hf": med["hf"] / med[case], "peak_memory_mib": memory[case], "params": params[case],
+             "mfu": None if not args.peak_tflops else flops[case] * tokens / med[case] / (args.peak_tflops * 1e12),
              "seconds": times[case]} for case in CASES]
-    lines = ["| case | step ms | tokens/s | vs HF | peak memory MiB |", "|---|---:|---:|---:|---:|"]
+    lines = ["| case | step ms | tokens/s | vs HF | peak memory MiB | MFU |", "|---|---:|---:|---:|---:|---:|"]
     for row in rows:
         mem = "-" if row["peak_memory_mib"] is None else f"{row['peak_memory_mib']:.0f}"
+        mfu = "-" if row["mfu"] is None else f"{100 * row['mfu']:.1f} %"
         lines.append(f"| {row['case']} | {1000 * row['median_seconds']:.0f} | {row['tokens_per_second']:.0f} | "
-                     f"{row['speedup_vs_hf']:.2f}x | {mem} |")
+                     f"{row['speedup_vs_hf']:.2f}x | {mem} | {mfu} |")
     table = "\n".join(lines)
     print(table)
     write_result(args.out, started, {
         "benchmark": "training_speed",
         "model": {"n_layer": args.layers, "n_embd": args.width, "n_head": args.heads, "vocab_size": args.vocab,
                   "block_size": args.tokens},
-        "batch": args.batch, "device": str(device), "threads": args.threads, "runs": args.runs, "dtype": "float32",
+        "batch": args.batch, "device": str(device), "threads": args.threads, "runs": args.runs,
+        "dtype": "bfloat16 autocast" if args.precision == "bf16" else "float32", "compile": args.compile,
+        "peak_tflops": args.peak_tflops,
         "memory": "peak above the built model's memory over three steps, each case in a fresh process",
         "results": rows, "table_markdown": table,
     }, packages=("transformers",))
