@@ -113,6 +113,8 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the chip's dense peak for --precision (H100/H200 bf16: 989): reports MFU")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "training_speed.json")
+    parser.add_argument("--no-memory", dest="memory", action="store_false",
+                        help="skip the peak-memory measurement (a fresh process per case)")
     parser.add_argument("--memory-of", choices=CASES, help=argparse.SUPPRESS)  # internal: the child process
     args = parser.parse_args()
     if args.memory_of:
@@ -130,7 +132,7 @@ def main() -> None:
     times = interleaved(steps, args.runs, device, warmup=2)
     med = {case: median(values) for case, values in times.items()}
     tokens = args.batch * args.tokens
-    memory = {case: child_memory(case) for case in CASES}
+    memory = {case: child_memory(case) if args.memory else None for case in CASES}
     # Model FLOPs per token, PaLM's estimate (nanoGPT's too): 6 per weight (forward and backward) plus attention,
     # 12 * layers * width * tokens; MFU = achieved over the chip's peak.
     flops = {case: 6 * params[case] + 12 * args.layers * args.width * args.tokens for case in CASES}

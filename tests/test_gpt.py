@@ -154,13 +154,13 @@ def test_weight_tying_shares_storage(tie):
 
 
 @pytest.mark.parametrize("overrides,match", [
-    (dict(vocab_size=0), "gpt.vocab_size=0: set it from the tokenizer"),
-    (dict(block_size=0), "gpt.block_size=0: set it from the tokenizer"),
-    (dict(n_embd=30, n_head=4), "not divisible by gpt.n_head=4"),
-    (dict(n_layer=0), "gpt.n_layer=0 must be a positive integer"),
-    (dict(num_classes=-1), "gpt.num_classes=-1 must be >= 0"),
-    (dict(dropout=1.0), r"gpt.dropout=1.0 must be in \[0, 1\)"),
-    (dict(class_dropout=-0.1), r"gpt.class_dropout=-0.1 must be in \[0, 1\)"),
+    (dict(vocab_size=0), "^vocab_size=0: set it from the tokenizer"),
+    (dict(block_size=0), "^block_size=0: set it from the tokenizer"),
+    (dict(n_embd=30, n_head=4), "^n_embd=30 is not divisible by n_head=4"),
+    (dict(n_layer=0), "^n_layer=0 must be a positive integer"),
+    (dict(num_classes=-1), "^num_classes=-1 must be >= 0"),
+    (dict(dropout=1.0), r"^dropout=1.0 must be in \[0, 1\)"),
+    (dict(class_dropout=-0.1), r"^class_dropout=-0.1 must be in \[0, 1\)"),
 ])
 def test_invalid_config_is_refused(overrides, match):
     with pytest.raises(UserError, match=match):

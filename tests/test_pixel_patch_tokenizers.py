@@ -57,7 +57,7 @@ def test_auto_picks_16_greys_or_512_kmeans_colours_and_bad_palettes_are_refused(
     assert (rgb.palette, rgb.num_colors) == ("kmeans", 512)
     with pytest.raises(UserError, match="levels\\*\\*3"):
         resolve_pixel_config(PixelConfig(in_channels=3, palette="uniform", num_colors=100))
-    with pytest.raises(UserError, match="tokenizer.palette='median'"):
+    with pytest.raises(UserError, match="^palette='median'"):
         resolve_pixel_config(PixelConfig(palette="median"))
     with pytest.raises(UserError, match="num_colors=1 "):
         resolve_pixel_config(PixelConfig(num_colors=1))
@@ -80,7 +80,7 @@ def test_patchify_and_unpatchify_are_exact_inverses(channels, size, patch):
 
 
 def test_patch_size_must_divide_the_image():
-    with pytest.raises(UserError, match="patch_size=5 must divide image_size=28"):
+    with pytest.raises(UserError, match="^patch_size=5 must divide image_size=28"):
         PatchTokenizer(PatchConfig(in_channels=1, image_size=28, patch_size=5))
 
 
@@ -107,7 +107,7 @@ def test_train_tokenizer_fits_saves_and_evaluates_without_training_steps(tmp_pat
     (("dataset=patterns", "tokenizer=pixel", "tokenizer.palette=uniform", "tokenizer.num_colors=100"),
      "tokenizer.num_colors=100: a uniform RGB palette has levels**3 colours"),
     (("dataset=fashionmnist_small", "tokenizer=patch", "tokenizer.patch_size=5"),
-     "tokenizer.patch_size=5 must divide image_size=28"),
+     "tokenizer.patch_size=5 must divide tokenizer.image_size=28"),
 ])
 def test_bad_palette_or_patch_size_is_one_error_line(tmp_path, run_script, overrides, message):
     out = run_script("train_tokenizer.py", *overrides, "trainer.device=cpu", cwd=tmp_path)

@@ -486,15 +486,21 @@ def test_a_library_call_gets_a_value_error_naming_its_own_argument():
         VQGAN(VQGANConfig(in_channels=1, image_size=8, quantizer=VQConfig(num_codewords=0)))
 
 
-def test_the_command_line_names_the_config_key(tmp_path):
+@pytest.mark.parametrize(("override", "line"), [
+    ("tokenizer.quantizer.num_codewords=0", r"^tokenizer\.quantizer\.num_codewords=0 is invalid"),
+    ("tokenizer.channels=0", r"^tokenizer\.channels=0 must be a positive integer"),
+    ("tokenizer.loss.rec_loss=l3", r"^tokenizer\.loss\.rec_loss='l3' is unknown"),
+    ("tokenizer.loss.disc_layers=9", r"^tokenizer\.loss\.disc_layers=9 is too deep .* tokenizer\.loss\.disc_layers="),
+])
+def test_the_command_line_names_the_config_key(tmp_path, override, line):
     from conftest import TINY_TOKENIZER, compose_run
 
     from vqgpt.train.engine import Engine
     from vqgpt.train.tokenizer import VQGANTask
 
-    run = compose_run("train_tokenizer", *TINY_TOKENIZER, "tokenizer.quantizer.num_codewords=0")
+    run = compose_run("train_tokenizer", *TINY_TOKENIZER, override)
     engine = Engine(run.trainer, tmp_path, {}, run.logger, resume=None)
-    with pytest.raises(UserError, match=r"^tokenizer\.quantizer\.num_codewords=0 is invalid"):
+    with pytest.raises(UserError, match=line):
         VQGANTask(run, engine)
 
 

@@ -18,20 +18,25 @@ class UserError(Exception):
 class ArgumentError(UserError, ValueError):
     """A bad argument of a library call, named as the caller wrote it: `VectorQuantize(num_codewords=0)` raises
     a ValueError `num_codewords=0 is invalid: ...`. A caller that built the layer from a config names the full key
-    with `argument_prefix` (`tokenizer.quantizer.num_codewords=0 ...` on the command line)."""
+    with `argument_prefix` (`tokenizer.quantizer.num_codewords=0 ...` on the command line).
 
-    def __init__(self, name: str, value: Any, rule: str):
-        self.name, self.value, self.rule = name, value, rule
-        super().__init__(f"{name}={value!r} is invalid: {rule}")
+    A message of its own (`message=`) marks each key with `§`, where the prefix goes: `§n_embd=30 is not divisible
+    by §n_head=4`."""
+
+    def __init__(self, name: str, value: Any = None, rule: str = "", *, message: str | None = None,
+                 prefix: str = ""):
+        self.name, self.value, self.rule, self.prefix = name, value, rule, prefix
+        self.message = message if message is not None else f"§{name}={value!r} is invalid: {rule}"
+        super().__init__(self.message.replace("§", prefix))
 
 
 @contextlib.contextmanager
 def argument_prefix(prefix: str) -> Iterator[None]:
-    """Re-raise an ArgumentError of the block with `prefix` before its name (`"tokenizer."`, `"quantizer."`)."""
+    """Re-raise an ArgumentError of the block with `prefix` before its keys (`"tokenizer."`, `"quantizer."`)."""
     try:
         yield
     except ArgumentError as e:
-        raise ArgumentError(prefix + e.name, e.value, e.rule) from None
+        raise ArgumentError(e.name, e.value, e.rule, message=e.message, prefix=prefix + e.prefix) from None
 
 
 def one_line(e: BaseException) -> str:

@@ -20,37 +20,40 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqgpt.config import GPTConfig
-from vqgpt.errors import UserError
+from vqgpt.errors import ArgumentError
 
 HEADS = ("gaussian", "mse")  # what a patch GPT predicts (vqgpt/models/patch_gpt.py)
 
 
 def check_gpt_config(cfg: GPTConfig) -> None:
-    """Refuse a config the model cannot be built from, naming the key and the fix on one line."""
+    """Refuse a config the model cannot be built from, naming the key and the fix on one line (an ArgumentError:
+    train_gpt.py prefixes `gpt.`)."""
+    def bad(message: str) -> ArgumentError:
+        return ArgumentError("", message=message)
+
     fill = "set it from the tokenizer checkpoint before building the GPT (train_gpt.py does); it is never typed by hand"
     if cfg.block_size < 1:
-        raise UserError(f"gpt.block_size={cfg.block_size}: {fill}")
+        raise bad(f"§block_size={cfg.block_size}: {fill}")
     if cfg.vocab_size < 1 and cfg.token_dim < 1:
         key = "vocab_size" if cfg.vocab_size < 1 and cfg.token_dim == 0 else "token_dim"
-        raise UserError(f"gpt.{key}={getattr(cfg, key)}: {fill}")
+        raise bad(f"§{key}={getattr(cfg, key)}: {fill}")
     if cfg.vocab_size > 0 and cfg.token_dim != 0:
-        raise UserError(f"gpt.vocab_size={cfg.vocab_size} and gpt.token_dim={cfg.token_dim}: a GPT reads index tokens "
-                        "(vocab_size) or continuous ones (token_dim), never both")
+        raise bad(f"§vocab_size={cfg.vocab_size} and §token_dim={cfg.token_dim}: a GPT reads index tokens "
+                  "(vocab_size) or continuous ones (token_dim), never both")
     for key in ("n_layer", "n_head", "n_embd"):
         if getattr(cfg, key) < 1:
-            raise UserError(f"gpt.{key}={getattr(cfg, key)} must be a positive integer")
+            raise bad(f"§{key}={getattr(cfg, key)} must be a positive integer")
     if cfg.n_embd % cfg.n_head != 0:
-        raise UserError(f"gpt.n_embd={cfg.n_embd} is not divisible by gpt.n_head={cfg.n_head}; "
-                        "pick n_embd as a multiple of n_head")
+        raise bad(f"§n_embd={cfg.n_embd} is not divisible by §n_head={cfg.n_head}; pick n_embd as a multiple of "
+                  "n_head")
     if cfg.num_classes is None or cfg.num_classes < 0:
-        raise UserError(f"gpt.num_classes={cfg.num_classes} must be >= 0 (0 = unconditional); train_gpt.py fills "
-                        "null from the dataset")
+        raise bad(f"§num_classes={cfg.num_classes} must be >= 0 (0 = unconditional); train_gpt.py fills null from "
+                  "the dataset")
     for key in ("dropout", "class_dropout"):
         if not 0.0 <= getattr(cfg, key) < 1.0:
-            raise UserError(f"gpt.{key}={getattr(cfg, key)} must be in [0, 1)")
+            raise bad(f"§{key}={getattr(cfg, key)} must be in [0, 1)")
     if cfg.head not in HEADS:
-        raise UserError(f"gpt.head={cfg.head!r} is not one of {', '.join(HEADS)}")
-
+        raise bad(f"§head={cfg.head!r} is not one of {', '.join(HEADS)}")
 
 # ---------------------------------------------------------------------------------------------------------
 # Building blocks

@@ -1,6 +1,6 @@
 """Image GPT's pixel palette (Chen et al. 2020, "Generative Pretraining from Pixels"): one token per pixel.
 
-    tokenizer = PixelTokenizer(resolve_pixel_config(PixelConfig(in_channels=1, image_size=28)))  # 16 grey levels
+    tokenizer = PixelTokenizer(PixelConfig(in_channels=1, image_size=28))  # auto: 16 grey levels
     tokens = tokenizer.tokenize(images)        # (B, C, H, W) in [-1, 1] -> (B, H, W): nearest palette colour
     images = tokenizer.decode_tokens(tokens)   # the palette's colours back, (B, C, H, W)
 
@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from vqgpt.config import PixelConfig
-from vqgpt.errors import UserError
+from vqgpt.errors import ArgumentError, UserError
 from vqgpt.registry import register_model
 from vqgpt.tokenizers.base import Tokenizer
 
@@ -35,18 +35,21 @@ def resolve_pixel_config(cfg: PixelConfig) -> PixelConfig:
     rgb = cfg.in_channels == 3
     palette = ("kmeans" if rgb else "uniform") if cfg.palette == "auto" else cfg.palette
     num_colors = cfg.num_colors if cfg.num_colors is not None else (512 if rgb else 16)
+    def bad(message: str) -> ArgumentError:
+        return ArgumentError("", message=message)
+
     if cfg.in_channels not in (1, 3):
-        raise UserError(f"tokenizer.in_channels={cfg.in_channels}: the pixel palette takes grayscale (1) or RGB (3)")
+        raise bad(f"§in_channels={cfg.in_channels}: the pixel palette takes grayscale (1) or RGB (3)")
     if palette not in PALETTES:
-        raise UserError(f"tokenizer.palette={cfg.palette!r} is not one of auto, {', '.join(PALETTES)}")
+        raise bad(f"§palette={cfg.palette!r} is not one of auto, {', '.join(PALETTES)}")
     if not 2 <= num_colors <= 2**16:
-        raise UserError(f"tokenizer.num_colors={num_colors} must be in 2..65536")
+        raise bad(f"§num_colors={num_colors} must be in 2..65536")
     if palette == "uniform" and rgb and round(num_colors ** (1 / 3)) ** 3 != num_colors:
-        raise UserError(f"tokenizer.num_colors={num_colors}: a uniform RGB palette has levels**3 colours (8, 27, 64, "
-                        "125, 216, 343, 512); pick one of those, or tokenizer.palette=kmeans")
+        raise bad(f"§num_colors={num_colors}: a uniform RGB palette has levels**3 colours (8, 27, 64, 125, 216, 343, "
+                  "512); pick one of those, or §palette=kmeans")
     if cfg.fit_pixels < num_colors or cfg.kmeans_iters < 1:
-        raise UserError(f"tokenizer.fit_pixels={cfg.fit_pixels} must be >= num_colors={num_colors} and "
-                        f"tokenizer.kmeans_iters={cfg.kmeans_iters} >= 1")
+        raise bad(f"§fit_pixels={cfg.fit_pixels} must be >= num_colors={num_colors} and §kmeans_iters="
+                  f"{cfg.kmeans_iters} >= 1")
     return dataclasses.replace(cfg, palette=palette, num_colors=num_colors)
 
 

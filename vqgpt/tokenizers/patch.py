@@ -17,7 +17,7 @@ from einops import rearrange
 from torch.utils.data import Dataset
 
 from vqgpt.config import PatchConfig
-from vqgpt.errors import UserError
+from vqgpt.errors import ArgumentError
 from vqgpt.registry import register_model
 from vqgpt.tokenizers.base import Tokenizer
 
@@ -29,7 +29,8 @@ class PatchTokenizer(Tokenizer):
     def __init__(self, config: PatchConfig):
         super().__init__()
         if config.patch_size < 1 or config.image_size % config.patch_size:
-            raise UserError(f"tokenizer.patch_size={config.patch_size} must divide image_size={config.image_size}")
+            raise ArgumentError("", message=f"§patch_size={config.patch_size} must divide "
+                                            f"§image_size={config.image_size}")
         self.config = config
 
     def fit(self, dataset: Dataset, seed: int) -> str:

@@ -93,7 +93,8 @@ class GPTTask:
         self.test_loader = DataLoader(self.test_set, batch_size=t.batch_size, num_workers=t.num_workers)
         self.config = gpt_config(run, header, header["data"]["num_classes"])
         self.arch = "gpt" if self.config.vocab_size else "patch_gpt"
-        self.model = (GPT if self.config.vocab_size else PatchGPT)(self.config).to(device)
+        with argument_prefix("gpt."):  # the command line's name for its config
+            self.model = (GPT if self.config.vocab_size else PatchGPT)(self.config).to(device)
         self.conditional = self.config.num_classes > 0
         self.net = engine.prepare(self.model)
         self.modules = {"model": self.model}

@@ -73,11 +73,13 @@ class VQGANTask:
         with engine.main_first():  # one download per machine
             self.train_set, self.test_set = build_dataset(run.dataset, "train"), build_dataset(run.dataset, "test")
         engine.check_data(self.train_set)
-        with argument_prefix("tokenizer."):  # the command line's name for it
-            self.model = VQGAN(run.tokenizer).to(device)
         loss = run.tokenizer.loss
-        lpips_net = build_lpips(loss.lpips_weights) if loss.perceptual_weight > 0 else None
-        self.criterion = VQGANLoss(loss, lpips_net, build_discriminator(run.tokenizer)).to(device)
+        with argument_prefix("tokenizer."):  # the command line's names for the config's keys
+            self.model = VQGAN(run.tokenizer).to(device)
+            discriminator = build_discriminator(run.tokenizer)
+            lpips_net = build_lpips(loss.lpips_weights) if loss.perceptual_weight > 0 else None
+            with argument_prefix("loss."):
+                self.criterion = VQGANLoss(loss, lpips_net, discriminator).to(device)
         self.discriminator = self.criterion.discriminator
         self.modules = {"model": self.model, "discriminator": self.discriminator}
         self.optimizers = {"model": engine.adamw(self.model), "discriminator": engine.adamw(self.discriminator)}

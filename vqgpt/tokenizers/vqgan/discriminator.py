@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from vqgpt.config import VQGANConfig
-from vqgpt.errors import UserError
+from vqgpt.errors import ArgumentError
 
 KERNEL, PADDING = 4, 1
 
@@ -71,15 +71,13 @@ def build_discriminator(cfg: VQGANConfig) -> NLayerDiscriminator:
     """The PatchGAN for this tokenizer's images, sized by `cfg.loss.disc_channels` / `disc_layers`."""
     loss = cfg.loss
     if loss.disc_channels < 1:
-        raise UserError(f"tokenizer.loss.disc_channels={loss.disc_channels} must be a positive integer")
+        raise ArgumentError("", message=f"§loss.disc_channels={loss.disc_channels} must be a positive integer")
     if loss.disc_layers < 1:
-        raise UserError(f"tokenizer.loss.disc_layers={loss.disc_layers} must be at least 1")
+        raise ArgumentError("", message=f"§loss.disc_layers={loss.disc_layers} must be at least 1")
     if patch_grid_side(cfg.image_size, loss.disc_layers) < 1:
         fits = [n for n in range(1, loss.disc_layers) if patch_grid_side(cfg.image_size, n) >= 1]
         deepest = max(fits, default=0)
-        fix = f"use tokenizer.loss.disc_layers={deepest}" if deepest else "use images of at least 6 px"
-        raise UserError(
-            f"tokenizer.loss.disc_layers={loss.disc_layers} is too deep for image_size {cfg.image_size}: "
-            f"the PatchGAN would output no patches; {fix}"
-        )
+        fix = f"use §loss.disc_layers={deepest}" if deepest else "use images of at least 6 px"
+        raise ArgumentError("", message=f"§loss.disc_layers={loss.disc_layers} is too deep for image_size "
+                                        f"{cfg.image_size}: the PatchGAN would output no patches; {fix}")
     return NLayerDiscriminator(cfg.in_channels, loss.disc_channels, loss.disc_layers)

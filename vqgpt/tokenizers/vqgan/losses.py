@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqgpt.config import TokenizerLossConfig
-from vqgpt.errors import UserError
+from vqgpt.errors import ArgumentError, UserError
 
 REC_LOSSES = ("l1", "l2")
 DISC_LOSSES = ("hinge", "non_saturating")
@@ -31,18 +31,16 @@ LPIPS_MIN_SIZE = 16  # LPIPS's VGG pools 4 times before its last layer
 
 
 def check_loss_config(cfg: TokenizerLossConfig) -> None:
-    """Refuse unknown loss names and negative weights, naming the key and the fix on one line."""
+    """Refuse unknown loss names and negative weights, naming the key and the fix on one line (an ArgumentError:
+    the command line prefixes `tokenizer.loss.`)."""
     if cfg.rec_loss not in REC_LOSSES:
-        raise UserError(
-            f"tokenizer.loss.rec_loss={cfg.rec_loss!r} is unknown; use one of {', '.join(REC_LOSSES)}"
-        )
+        raise ArgumentError("", message=f"§rec_loss={cfg.rec_loss!r} is unknown; use one of {', '.join(REC_LOSSES)}")
     if cfg.disc_loss not in DISC_LOSSES:
-        raise UserError(
-            f"tokenizer.loss.disc_loss={cfg.disc_loss!r} is unknown; use one of {', '.join(DISC_LOSSES)}"
-        )
+        raise ArgumentError("", message=f"§disc_loss={cfg.disc_loss!r} is unknown; use one of "
+                                        f"{', '.join(DISC_LOSSES)}")
     for key in ("perceptual_weight", "codebook_weight", "disc_weight", "disc_start"):
         if getattr(cfg, key) < 0:
-            raise UserError(f"tokenizer.loss.{key}={getattr(cfg, key)} must be >= 0")
+            raise ArgumentError("", message=f"§{key}={getattr(cfg, key)} must be >= 0")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -107,10 +105,8 @@ class VQGANLoss(nn.Module):
         super().__init__()
         check_loss_config(cfg)
         if lpips is None and cfg.perceptual_weight > 0:
-            raise UserError(
-                f"tokenizer.loss.perceptual_weight={cfg.perceptual_weight} needs an LPIPS network; "
-                "build one with vqgpt.eval.lpips.build_lpips or set perceptual_weight=0"
-            )
+            raise ArgumentError("", message=f"§perceptual_weight={cfg.perceptual_weight} needs an LPIPS network; "
+                                "build one with vqgpt.eval.lpips.build_lpips or set perceptual_weight=0")
         self.cfg = cfg
         self.perceptual = lpips.eval().requires_grad_(False) if lpips is not None else None
         self.discriminator = discriminator

@@ -21,7 +21,7 @@ from einops import rearrange
 from torch import nn
 
 from vqgpt.config import VQGANConfig
-from vqgpt.errors import UserError, argument_prefix
+from vqgpt.errors import ArgumentError, argument_prefix
 from vqgpt.registry import register_model
 from vqgpt.tokenizers.base import Tokenizer
 from vqgpt.tokenizers.quantizers import QuantizerOutput, build_quantizer
@@ -33,27 +33,27 @@ def downsample_factor(cfg: VQGANConfig) -> int:
 
 
 def check_tokenizer_config(cfg: VQGANConfig) -> None:
-    """Refuse a config the model cannot be built from, naming the key and the fix on one line."""
+    """Refuse a config the model cannot be built from, naming the key and the fix on one line (an ArgumentError:
+    the command line prefixes `tokenizer.`)."""
+    def bad(message: str) -> ArgumentError:
+        return ArgumentError("", message=message)
+
     if len(cfg.ch_mult) == 0:
-        raise UserError("tokenizer.ch_mult is empty; give one channel multiplier per level, e.g. [1, 2, 2]")
+        raise bad("§ch_mult is empty; give one channel multiplier per level, e.g. [1, 2, 2]")
     for key in ("in_channels", "image_size", "channels", "num_res_blocks", "z_channels", "embed_dim"):
         if getattr(cfg, key) < 1:
-            raise UserError(f"tokenizer.{key}={getattr(cfg, key)} must be a positive integer")
+            raise bad(f"§{key}={getattr(cfg, key)} must be a positive integer")
     if any(m < 1 for m in cfg.ch_mult):
-        raise UserError(f"tokenizer.ch_mult={list(cfg.ch_mult)} has an entry below 1; use positive integers")
+        raise bad(f"§ch_mult={list(cfg.ch_mult)} has an entry below 1; use positive integers")
     if not 0.0 <= cfg.dropout < 1.0:
-        raise UserError(f"tokenizer.dropout={cfg.dropout} must be in [0, 1)")
+        raise bad(f"§dropout={cfg.dropout} must be in [0, 1)")
     f = downsample_factor(cfg)
     if cfg.image_size % f != 0:
-        raise UserError(
-            f"tokenizer.image_size {cfg.image_size} is not divisible by the downsampling factor f={f} "
-            f"(ch_mult has {len(cfg.ch_mult)} entries); change dataset.image_size or tokenizer.ch_mult"
-        )
+        raise bad(f"§image_size {cfg.image_size} is not divisible by the downsampling factor f={f} (ch_mult has "
+                  f"{len(cfg.ch_mult)} entries); change dataset.image_size or §ch_mult")
     if cfg.quantizer.embedding_dim != cfg.embed_dim:
-        raise UserError(
-            f"tokenizer.quantizer.embedding_dim={cfg.quantizer.embedding_dim} differs from "
-            f"tokenizer.embed_dim={cfg.embed_dim}; set it to ${{..embed_dim}} as the quantizer YAMLs do"
-        )
+        raise bad(f"§quantizer.embedding_dim={cfg.quantizer.embedding_dim} differs from §embed_dim={cfg.embed_dim}; "
+                  "set it to ${..embed_dim} as the quantizer YAMLs do")
 
 
 # ---------------------------------------------------------------------------------------------------------
