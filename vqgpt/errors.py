@@ -1,4 +1,5 @@
-"""The one exception type for bad user input: scripts print its message on one line and exit 2."""
+"""Bad input: `UserError` (scripts print its message on one line and exit 2) and `ArgumentError`, its `ValueError`
+for a library argument, named as the caller wrote it; `one_line` shortens another library's error for a message."""
 
 from __future__ import annotations
 
