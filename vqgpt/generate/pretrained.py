@@ -153,7 +153,7 @@ class Pipeline:
         try:
             return [resolve_class(label, self.class_names, num_classes) for label in class_labels]
         except UserError as e:
-            raise ValueError(f"class_labels: {e}".replace("; set sampling.class_label=null", "")) from None
+            raise ValueError(f"class_labels: {e}") from None
 
     @staticmethod
     def _output(images: torch.Tensor, output_type: str) -> list[Image.Image] | torch.Tensor:
