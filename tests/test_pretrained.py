@@ -55,6 +55,7 @@ def test_from_a_training_run_images_come_from_one_call(run):
     (dict(top_k=0), "^top_k=0 is invalid"),
     (dict(temperature=0.0), "^temperature=0.0 is invalid"),
     (dict(class_labels=["dragon"]), "class_labels: unknown class 'dragon'"),
+    (dict(class_labels=[9]), "class_labels: class index 9 is out of range; this GPT has classes 0..5"),
     (dict(accept_n=4), "accept_n=4 needs a classifier"),
     (dict(output_type="np"), "output_type='np' is not one of pil, pt"),
 ])

@@ -171,12 +171,15 @@ def as_labels(models: Models, cond: torch.Tensor | int | str | list | None, num:
     (indices or names), or None (an unconditional GPT)."""
     if cond is None:
         return None
-    def index(label: int | str) -> int:
-        return resolve_class(label, models.class_names, models.gpt.config.num_classes) if isinstance(label, str) \
-            else label
+    def index(label: int | str) -> int:  # a name, an index checked against the GPT's classes, or its null class
+        if not isinstance(label, str) and label == models.gpt.null_class:
+            return label
+        return resolve_class(label, models.class_names, models.gpt.config.num_classes)
 
-    if isinstance(cond, (str, list, tuple)):
-        cond = index(cond) if isinstance(cond, str) else [index(label) for label in cond]
+    if isinstance(cond, (int, str)):
+        cond = index(cond)
+    elif isinstance(cond, (list, tuple)):
+        cond = [index(label) for label in cond]
     device = next(models.gpt.parameters()).device
     cond = torch.as_tensor(cond, dtype=torch.long, device=device)
     return cond.expand(num).clone() if cond.ndim == 0 else cond

@@ -35,8 +35,15 @@ from vqgpt import registry
 from vqgpt.checkpoint import CONFIG_FILE, WRITTEN_HERE, Checkpoint, checkpoint_hash, load_checkpoint, save_checkpoint
 from vqgpt.config import SamplingOptions
 from vqgpt.errors import UserError
-from vqgpt.generate.pipeline import Models, check_classifier, check_pair, completion_rows, sample_images
-from vqgpt.generate.sampling import check_sampling_args, resolve_class
+from vqgpt.generate.pipeline import (
+    Models,
+    as_labels,
+    check_classifier,
+    check_pair,
+    completion_rows,
+    sample_images,
+)
+from vqgpt.generate.sampling import check_sampling_args
 from vqgpt.images import to_model_space, to_pil
 from vqgpt.tokenizers import Tokenizer
 
@@ -107,12 +114,9 @@ class Pipeline:
         if accept_n is not None and accept_n > 1 and self.classifier is None:
             raise ValueError(f"accept_n={accept_n} needs a classifier to score candidates; build the pipeline with "
                              "one (Pipeline(..., classifier=...)), or leave accept_n=None")
-        check_sampling_args(self.gpt.config.vocab_size, temperature, top_k, top_p, cfg_scale,
-                            self.gpt.config.num_classes)
-        s = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale, seed=seed,
-                            accept_n=accept_n)
-        cond = None if labels is None else torch.tensor(labels, device=self.device)
-        images = sample_images(self.models, cond, num, s, batch_size)
+        s = self._options(temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale, seed=seed,
+                          accept_n=accept_n)
+        images = sample_images(self.models, labels, num, s, batch_size)
         return self._output(images, output_type)
 
     @torch.no_grad()
@@ -131,11 +135,16 @@ class Pipeline:
         labels = self._labels(class_labels, len(x)) if self.gpt.config.num_classes else None
         if labels is not None and len(labels) != len(x):
             raise ValueError(f"class_labels has {len(labels)} entries for {len(x)} images; give one per image")
-        check_sampling_args(self.gpt.config.vocab_size, temperature, top_k, top_p, cfg_scale,
-                            self.gpt.config.num_classes)
-        s = SamplingOptions(temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale, seed=seed)
+        s = self._options(temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale, seed=seed)
         cond = None if labels is None else torch.tensor(labels, device=self.device)
         return self._output(completion_rows(self.models, x, cond, num_completions, s), output_type)
+
+    def _options(self, **kwargs: Any) -> SamplingOptions:
+        """SamplingOptions of keyword arguments, checked against this GPT (a ValueError naming the argument)."""
+        s = SamplingOptions(**kwargs)
+        check_sampling_args(self.gpt.config.vocab_size, s.temperature, s.top_k, s.top_p, s.cfg_scale,
+                            self.gpt.config.num_classes)
+        return s
 
     def _labels(self, class_labels: Any, num_images: int | None) -> list[int] | None:
         """Class indices, one per image; None for an unconditional GPT."""
@@ -146,12 +155,8 @@ class Pipeline:
             return [i % num_classes for i in range(num_images or num_classes)]  # every class in turn
         if not num_classes:
             raise ValueError("this GPT is unconditional (num_classes=0); call it without class_labels")
-        if isinstance(class_labels, torch.Tensor):
-            class_labels = class_labels.flatten().tolist()
-        if isinstance(class_labels, (int, str)):
-            class_labels = [class_labels]
-        try:
-            return [resolve_class(label, self.class_names, num_classes) for label in class_labels]
+        try:  # indices or names, one or a sequence: what sample_images reads too
+            return as_labels(self.models, class_labels, 1).flatten().tolist()
         except UserError as e:
             raise ValueError(f"class_labels: {e}") from None
 

@@ -10,7 +10,6 @@ only that cache. Writes to out_dir: metrics.jsonl, samples/step_*.png (one row p
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -40,10 +39,10 @@ def newest_tokenizer(runs: Path = RUNS) -> str:
     found = []
     for config in runs.glob("**/checkpoints/last/config.json"):
         try:
-            if json.loads(config.read_text()).get("stage") == "tokenizer":
-                found.append(config)
-        except (OSError, ValueError):  # a damaged checkpoint is not a candidate
+            read_meta(config.parent, expected_stage="tokenizer")
+        except UserError:  # another stage's, or a damaged one: not a candidate
             continue
+        found.append(config)
     if not found:
         raise UserError(f"checkpoint_vae is not set and there is no tokenizer checkpoint under {runs.resolve()}/ "
                         "(searched from the current directory); train one first (python scripts/train_tokenizer.py "
