@@ -90,7 +90,7 @@ def test_bad_requests_get_one_line(pixel_gpt, tmp_path, run_script):
 
 def test_the_held_out_part_is_random_and_stratified_by_class():
     """Regression: the held-out part was the first 10 % in dataset order: one class on class-sorted data."""
-    from vqgpt.train.gpt_classifier import stratified_split
+    from vqgpt.data.datasets import stratified_split
 
     labels = torch.arange(3).repeat_interleave(20)  # class-sorted, as a folder dataset is
     held, rest = stratified_split(labels, 0.1, seed=0)

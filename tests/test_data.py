@@ -128,8 +128,45 @@ def test_bad_config_is_one_line_user_error(kw, words):
 
 
 def test_bad_split_is_refused():
-    with pytest.raises(UserError, match="split must be train or test"):
+    with pytest.raises(UserError, match="split must be train, val or test"):
+        build_dataset(cfg("patterns"), "holdout")
+    with pytest.raises(UserError, match=r"val split is empty; set dataset.val_size"):
         build_dataset(cfg("patterns"), "val")
+    with pytest.raises(UserError, match=r"val_size=2048 leaves no training images"):
+        build_dataset(cfg("patterns", val_size=2048), "val")
+
+
+def test_val_split_is_a_fixed_per_class_share_of_train_and_leaves_test_alone():
+    c = cfg("fashionmnist_small", image_size=28, channels=1, val_size=1000, num_classes=10)
+    full, test = build_dataset(cfg("fashionmnist_small", image_size=28, channels=1, num_classes=10), "train"), \
+        build_dataset(c, "test")
+    train, val = build_dataset(c, "train"), build_dataset(c, "val")
+    assert len(val) == 1000 and len(train) == len(full) - 1000
+    assert np.bincount(val.labels).tolist() == [100] * 10  # the same share of every class
+    assert not set(val.indices) & set(train.indices)  # a hold-out, not a copy
+    assert sorted(val.indices + train.indices) == list(range(len(full)))
+    i = val.indices[3]
+    assert torch.equal(val[3][0], full[i][0]) and val[3][1] == full[i][1]
+    assert len(test) == len(build_dataset(cfg("fashionmnist_small", image_size=28, channels=1, num_classes=10),
+                                          "test"))
+    assert build_dataset(c, "val").indices == val.indices  # the same images in every run (no seed of the run's)
+    assert data.eval_split(c) == "val" and data.eval_split(cfg("patterns")) == "test"
+
+
+def test_val_size_keys_only_the_caches_it_changes():
+    c, held = cfg("patterns"), cfg("patterns", val_size=100)
+    assert data.config_facts(c) == data.config_facts(held, "test")  # the test split is unchanged
+    assert data.config_facts(c) != data.config_facts(held) and "val_size" not in data.config_facts(c)
+
+
+def test_val_split_of_a_folder_keeps_its_file_list(tmp_path):
+    for cls in ("a", "b"):
+        for i in range(20):
+            write_image(tmp_path / "f" / cls / f"{i:02d}.png", (8, 8))
+    c = cfg("folder", root=str(tmp_path / "f"), image_size=8, num_classes=2, val_size=4)
+    train, val = build_dataset(c, "train"), build_dataset(c, "val")
+    assert len(val.paths) == 4 and not set(val.paths) & set(train.paths)
+    assert data.files_fingerprint(val) != data.files_fingerprint(train)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -120,6 +120,7 @@ def test_image_size_not_divisible_by_f_is_a_config_error():
     ({"dropout": 1.0}, {}, r"^dropout=1.0 must be in \[0, 1\)"),
     ({}, {"rec_loss": "l3"}, r"^rec_loss='l3' is unknown; use one of l1, l2"),
     ({}, {"disc_loss": "wgan"}, r"disc_loss='wgan' is unknown; use one of hinge, non_saturating"),
+    ({}, {"perceptual_net": "squeeze"}, r"^perceptual_net='squeeze' is unknown; use one of vgg, alex"),
     ({}, {"disc_weight": -1.0}, r"^disc_weight=-1.0 must be >= 0"),
     ({}, {"disc_layers": 3}, r"disc_layers=3 is too deep for image_size 16.*use [a-z.]*disc_layers=2"),
 ])

@@ -41,6 +41,7 @@ class DatasetConfig:
     download: bool | None = None
     skip_corrupt: bool = False  # folder: skip (and count) unreadable images instead of failing
     hflip: bool = False  # random horizontal flips on the training split
+    val_size: int = 0  # training images held out as the "val" split (per-class share, fixed draw); 0 = none
     medmnist_size: int | None = None  # 28/64/128/224; None = smallest size >= image_size
     num_train: int = 2048  # patterns: images per split (generated on the fly)
     num_test: int = 512
@@ -112,7 +113,10 @@ class TokenizerLossConfig:
 
     rec_loss: str = "l1"  # l1 | l2
     perceptual_weight: float = 1.0
-    lpips_weights: str | None = None  # local LPIPS/VGG weights file for offline machines
+    # LPIPS's trunk in the loss: vgg (taming's) or alex (its linear heads on AlexNet: 1/30 of VGG's cost on a CPU).
+    # Evaluation's LPIPS is VGG's either way.
+    perceptual_net: str = "vgg"
+    lpips_weights: str | None = None  # local LPIPS trunk weights file for offline machines
     codebook_weight: float = 1.0
     disc_weight: float = 0.5
     disc_start: int = 5000  # step at which the discriminator joins (GAN weight 0 before it)

@@ -12,6 +12,7 @@ and class names against cfg.num_classes (None = the count the data names) and se
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import hashlib
@@ -34,7 +35,7 @@ from vqgpt.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")  # val: dataset.val_size images held out of train
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 MEDMNIST_SIZES = (28, 64, 128, 224)
 MEDMNIST_FLAGS = ("chestmnist", "bloodmnist", "dermamnist", "octmnist", "tissuemnist", "pneumoniamnist",
@@ -141,6 +142,39 @@ class FileDataset(Dataset):
                                     f"({_oneline(e)}); delete it or set dataset.skip_corrupt=true") from None
                 log.warning(f"dataset {self.name}: skipping unreadable image {self.paths[j]}")
         raise UserError(f"dataset {self.name}: none of its {len(self.paths)} images can be read")
+
+
+class HeldOut(Dataset):
+    """Some images of another dataset, by index: the train split less its validation images, or those images."""
+
+    def __init__(self, base: Dataset, indices: Sequence[int]):
+        self.base, self.indices = base, [int(i) for i in indices]
+        self.labels, self.class_names = np.asarray(base.labels)[self.indices], base.class_names
+        if getattr(base, "paths", None) is not None:  # files_fingerprint: which files this split is
+            self.paths = [base.paths[i] for i in self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.base[self.indices[i]]
+
+
+def stratified_split(labels: Sequence[int] | torch.Tensor, fraction: float, seed: int
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(held-out, rest) indices: `fraction` of each class, drawn at random with `seed` (data in class order, as
+    folders and ImageNet are, would otherwise hold out one class)."""
+    labels = torch.as_tensor(np.asarray(labels))
+    generator = torch.Generator().manual_seed(seed)
+    held = []
+    for c in labels.unique().tolist():
+        members = (labels == c).nonzero().flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        held.append(members[: round(len(members) * fraction)])
+    held_out = torch.cat(held).sort().values
+    rest = torch.ones(len(labels), dtype=torch.bool)
+    rest[held_out] = False
+    return held_out, rest.nonzero().flatten()
 
 
 PATTERN_CLASSES = ["checkerboard", "horizontal_stripes", "vertical_stripes", "diagonal_stripes", "circle",
@@ -644,15 +678,28 @@ def _num_classes(cfg: DatasetConfig, dataset: Dataset) -> int:
 
 
 def build_dataset(cfg: DatasetConfig, split: str, train: bool | None = None) -> Dataset:
-    """Split "train" or "test" of cfg.name: (image (C, H, W) in [-1, 1], int label); train=False: no hflip."""
+    """Split "train", "val" or "test" of cfg.name: (image (C, H, W) in [-1, 1], int label); train=False: no hflip.
+
+    With dataset.val_size > 0, "val" is that many training images (the same share of each class) and "train" is
+    the rest; both come from the data's own training split, so the test split is never looked at while tuning."""
     check_config(cfg)
     if split not in SPLITS:
-        raise UserError(f"split must be train or test, got {split!r}")
+        raise UserError(f"split must be train, val or test, got {split!r}")
+    if split == "val" and cfg.val_size == 0:
+        raise UserError(f"dataset {cfg.name}: the val split is empty; set dataset.val_size to hold out that many "
+                        f"training images (e.g. dataset.val_size=2000)")
     hflip = cfg.hflip and split == "train" and train is not False
     transform = ImageTransform(cfg.name, cfg.image_size, cfg.channels, cfg.resize, hflip)
-    dataset = DATASETS[cfg.name](cfg, split, transform)
+    dataset = DATASETS[cfg.name](cfg, "test" if split == "test" else "train", transform)
     if len(dataset) == 0:
         raise UserError(f"dataset {cfg.name}: the {split} split holds no images")
+    if cfg.val_size and split != "test":
+        if cfg.val_size >= len(dataset):
+            raise UserError(f"dataset {cfg.name}: dataset.val_size={cfg.val_size} leaves no training images of "
+                            f"{len(dataset)}; hold out fewer")
+        # the same images whatever the run's seed, so every run of a sweep selects on one validation set
+        val, rest = stratified_split(dataset.labels, cfg.val_size / len(dataset), seed=0)
+        dataset = HeldOut(dataset, val if split == "val" else rest)
     dataset.num_classes = _num_classes(cfg, dataset)
     top = int(np.max(dataset.labels))
     if top >= dataset.num_classes:  # would index past the GPT's class embedding much later, on the GPU
@@ -661,6 +708,20 @@ def build_dataset(cfg: DatasetConfig, split: str, train: bool | None = None) -> 
     with torch.random.fork_rng(devices=[]):  # read one item now (format, pad size) without moving the RNG
         dataset[0]
     return dataset
+
+
+def eval_split(cfg: DatasetConfig) -> str:
+    """The split that training reports on and recipes are tuned on: "val" when images are held out, else "test"."""
+    return "val" if cfg.val_size else "test"
+
+
+def config_facts(cfg: DatasetConfig, split: str | None = None) -> dict:
+    """The data config as a cache key sees it: val_size only where it changes the images (of `split`, if given),
+    so caches made before it existed, and the test split's, keep their keys."""
+    facts = dataclasses.asdict(cfg)
+    if not facts["val_size"] or split == "test":
+        del facts["val_size"]
+    return facts
 
 
 def files_fingerprint(dataset: Dataset) -> dict | None:

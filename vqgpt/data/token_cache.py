@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vqgpt.checkpoint import checkpoint_hash, load_checkpoint, read_meta
 from vqgpt.config import DatasetConfig, dataclass_from_dict
-from vqgpt.data.datasets import build_dataset, dataset_info, files_fingerprint
+from vqgpt.data.datasets import build_dataset, config_facts, dataset_info, files_fingerprint
 from vqgpt.errors import UserError
 from vqgpt.paths import cache_dir as vqgpt_cache
 from vqgpt.progress import progress
@@ -177,7 +177,7 @@ class TokenDataset(Dataset):
 
 def cache_key(tokenizer_hash: str, data_cfg: DatasetConfig, hflip_copies: bool) -> str:
     """The default cache's name: readable data name + a hash of everything that changes the tokens."""
-    facts = {"tokenizer": tokenizer_hash, "data": dataclasses.asdict(data_cfg), "hflip_copies": hflip_copies,
+    facts = {"tokenizer": tokenizer_hash, "data": config_facts(data_cfg), "hflip_copies": hflip_copies,
              "format": FORMAT_VERSION}
     digest = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
     return f"{data_cfg.name}_{data_cfg.image_size}_{digest}"
@@ -190,14 +190,21 @@ def default_cache_dir(tokenizer_path: str | Path, data_cfg: DatasetConfig, hflip
     return vqgpt_cache("tokens", key)
 
 
+def eval_split(header: dict) -> str:
+    """The split of a token cache that training reports on: "val" when the data holds images out, else "test"."""
+    return "val" if "val" in header["splits"] else "test"
+
+
 def splits(data_cfg: DatasetConfig) -> dict[str, Dataset]:
-    """The train and test splits a token cache is made of (train=False: no random flips)."""
-    return {split: build_dataset(data_cfg, split, train=False) for split in ("train", "test")}
+    """The splits a token cache is made of: train, val (when images are held out) and test (train=False: no
+    random flips)."""
+    names = ("train", "val", "test") if data_cfg.val_size else ("train", "test")
+    return {split: build_dataset(data_cfg, split, train=False) for split in names}
 
 
 def _mismatch(header: dict, data_cfg: DatasetConfig, hflip_copies: bool, files: dict) -> str | None:
     """What differs between a cache's header and the request (config, or the image files now), or None."""
-    saved = header.get("data_config") or {}
+    saved = {"val_size": 0, **(header.get("data_config") or {})}  # val_size: caches made before it existed
     wanted = dataclasses.asdict(data_cfg)
     diff = [f"dataset.{k}={saved.get(k)!r} there, {wanted[k]!r} asked" for k in wanted if saved.get(k) != wanted[k]]
     if header.get("hflip_copies") != hflip_copies:

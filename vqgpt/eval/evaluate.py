@@ -29,7 +29,7 @@ from vqgpt.config import (
     SamplingOptions,
     dataclass_from_dict,
 )
-from vqgpt.data import build_dataset
+from vqgpt.data import SPLITS, build_dataset
 from vqgpt.data.token_cache import TokenDataset, prepare_token_cache
 from vqgpt.errors import UserError
 from vqgpt.eval.fid import FID
@@ -67,8 +67,8 @@ def check_run(run: EvaluateRun) -> None:
         raise UserError(f"fid.num_samples={f.num_samples}: FID needs at least 2 images")
     if f.reference_size is not None and f.reference_size < 4:
         raise UserError(f"fid.reference_size={f.reference_size} must be at least 4 (two halves of 2), or null")
-    if f.reference_split not in ("train", "test"):
-        raise UserError(f"fid.reference_split={f.reference_split} must be train or test")
+    if f.reference_split not in SPLITS:
+        raise UserError(f"fid.reference_split={f.reference_split} must be one of {', '.join(SPLITS)}")
 
 
 def data_config(tokenizer_path: str, meta: dict) -> DatasetConfig:

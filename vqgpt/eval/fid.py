@@ -38,7 +38,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from vqgpt.config import DatasetConfig
-from vqgpt.data import build_dataset, files_fingerprint
+from vqgpt.data import build_dataset, config_facts, files_fingerprint
 from vqgpt.errors import UserError
 from vqgpt.eval.weights import load_weights
 from vqgpt.paths import cache_dir
@@ -208,7 +208,7 @@ def describe_reference(cfg: DatasetConfig, split: str) -> str:
 
 
 def _stats_path(cfg: DatasetConfig, split: str, max_images: int | None, protocol: dict) -> Path:
-    facts = {"data": dataclasses.asdict(cfg), "split": split, "max_images": max_images, "protocol": protocol}
+    facts = {"data": config_facts(cfg, split), "split": split, "max_images": max_images, "protocol": protocol}
     key = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
     return cache_dir("fid_stats", f"{cfg.name}-{split}-{key}.safetensors")
 

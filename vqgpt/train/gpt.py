@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from vqgpt.checkpoint import checkpoint_hash, load_checkpoint, read_meta
 from vqgpt.config import DatasetConfig, GPTConfig, TrainGPTRun, dataclass_from_dict
-from vqgpt.data.token_cache import TokenDataset, prepare_token_cache
+from vqgpt.data.token_cache import TokenDataset, eval_split, prepare_token_cache
 from vqgpt.errors import UserError, argument_prefix
 from vqgpt.eval.evaluate import balanced_labels, build_fid, sample_fid
 from vqgpt.eval.likelihood import loss_metrics, test_loss
@@ -87,7 +87,7 @@ class GPTTask:
         with engine.main_first(), torch.random.fork_rng(devices=[]):
             cache, header = prepare_token_cache(vae_path, run.dataset, run.cache_dir, run.hflip_copies, device)
         self.tokenizer = load_checkpoint(vae_path, expected_stage="tokenizer", map_location=device).model
-        self.train_set, self.test_set = TokenDataset(cache, "train"), TokenDataset(cache, "test")
+        self.train_set, self.test_set = TokenDataset(cache, "train"), TokenDataset(cache, eval_split(header))
         engine.check_data(self.train_set)
         self.test_loader = DataLoader(self.test_set, batch_size=t.batch_size, num_workers=t.num_workers)
         self.config = gpt_config(run, header, header["data"]["num_classes"])

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from vqgpt.checkpoint import load_checkpoint
 from vqgpt.config import ClassifyRun, GPTClassifierConfig
+from vqgpt.data.datasets import stratified_split
 from vqgpt.data.token_cache import TokenDataset, prepare_token_cache, read_header
 from vqgpt.device import pick_device, set_threads
 from vqgpt.errors import UserError
@@ -39,21 +40,6 @@ def random_subset(dataset: Dataset, num: int | None, seed: int) -> Dataset:
         return dataset
     picks = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:num]
     return Subset(dataset, picks.tolist())
-
-
-def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(held-out, rest) indices: `fraction` of each class, drawn at random with `seed` (data in class order, as
-    folders and ImageNet are, would otherwise hold out one class)."""
-    generator = torch.Generator().manual_seed(seed)
-    held = []
-    for c in labels.unique().tolist():
-        members = (labels == c).nonzero().flatten()
-        members = members[torch.randperm(len(members), generator=generator)]
-        held.append(members[: round(len(members) * fraction)])
-    held_out = torch.cat(held).sort().values
-    rest = torch.ones(len(labels), dtype=torch.bool)
-    rest[held_out] = False
-    return held_out, rest.nonzero().flatten()
 
 
 @torch.no_grad()

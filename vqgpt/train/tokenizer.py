@@ -20,7 +20,7 @@ import torch
 from vqgpt import registry
 from vqgpt.checkpoint import save_checkpoint
 from vqgpt.config import TrainTokenizerRun
-from vqgpt.data import build_dataset, dataset_info
+from vqgpt.data import build_dataset, dataset_info, eval_split
 from vqgpt.device import pick_device, set_threads
 from vqgpt.errors import UserError, argument_prefix
 from vqgpt.eval.lpips import build_lpips
@@ -71,13 +71,15 @@ class VQGANTask:
         check_data_fits(run)
         self.run, self.out_dir, device = run, engine.out_dir, engine.device
         with engine.main_first():  # one download per machine
-            self.train_set, self.test_set = build_dataset(run.dataset, "train"), build_dataset(run.dataset, "test")
+            self.train_set = build_dataset(run.dataset, "train")
+            self.test_set = build_dataset(run.dataset, eval_split(run.dataset))  # what training reports on
         engine.check_data(self.train_set)
         loss = run.tokenizer.loss
         with argument_prefix("tokenizer."):  # the command line's names for the config's keys
             self.model = VQGAN(run.tokenizer).to(device)
             discriminator = build_discriminator(run.tokenizer)
-            lpips_net = build_lpips(loss.lpips_weights) if loss.perceptual_weight > 0 else None
+            lpips_net = (build_lpips(loss.lpips_weights, net=loss.perceptual_net) if loss.perceptual_weight > 0
+                         else None)
             with argument_prefix("loss."):
                 self.criterion = VQGANLoss(loss, lpips_net, discriminator).to(device)
         self.discriminator = self.criterion.discriminator
@@ -91,7 +93,8 @@ class VQGANTask:
         self.net = engine.prepare(self.model, convnet=True, find_unused=pretraining)
         self.disc_net = engine.prepare(self.discriminator, convnet=True)
         self.fixed = torch.stack([self.test_set[i][0] for i in range(min(8, len(self.test_set)))]).to(device)
-        self.lpips_eval = eval_lpips(run, self.criterion.perceptual, loss.lpips_weights) if engine.is_main else None
+        training_vgg = self.criterion.perceptual if loss.perceptual_net == "vgg" else None  # the metric is VGG's
+        self.lpips_eval = eval_lpips(run, training_vgg, loss.lpips_weights) if engine.is_main else None
         self.device, self.batch_size, self.num_workers = device, t.batch_size, t.num_workers
         # The full data config too, so the GPT stage tokenizes exactly the data this tokenizer saw.
         self.meta = dataset_info(run.dataset, self.train_set)
@@ -162,7 +165,7 @@ def fit_direct(run: TrainTokenizerRun, out_dir: Path, config: dict) -> dict:
     model_cls, _ = registry.lookup(run.tokenizer.name, where="tokenizer")
     with argument_prefix("tokenizer."):
         model = model_cls(run.tokenizer)
-    train_set, test_set = build_dataset(run.dataset, "train"), build_dataset(run.dataset, "test")
+    train_set, test_set = build_dataset(run.dataset, "train"), build_dataset(run.dataset, eval_split(run.dataset))
     print(model.fit(train_set, run.trainer.seed))
     h, w = model.latent_grid
     print(f"{run.dataset.name}: {h}x{w} = {h * w} tokens per image"

@@ -27,6 +27,7 @@ from vqgpt.errors import ArgumentError, UserError
 
 REC_LOSSES = ("l1", "l2")
 DISC_LOSSES = ("hinge", "non_saturating")
+PERCEPTUAL_NETS = ("vgg", "alex")  # LPIPS trunks (vqgpt.eval.lpips.TRUNKS)
 LPIPS_MIN_SIZE = 16  # LPIPS's VGG pools 4 times before its last layer
 
 
@@ -38,6 +39,9 @@ def check_loss_config(cfg: TokenizerLossConfig) -> None:
     if cfg.disc_loss not in DISC_LOSSES:
         raise ArgumentError("", message=f"§disc_loss={cfg.disc_loss!r} is unknown; use one of "
                                         f"{', '.join(DISC_LOSSES)}")
+    if cfg.perceptual_net not in PERCEPTUAL_NETS:
+        raise ArgumentError("", message=f"§perceptual_net={cfg.perceptual_net!r} is unknown; use one of "
+                                        f"{', '.join(PERCEPTUAL_NETS)}")
     for key in ("perceptual_weight", "codebook_weight", "disc_weight", "disc_start"):
         if getattr(cfg, key) < 0:
             raise ArgumentError("", message=f"§{key}={getattr(cfg, key)} must be >= 0")
