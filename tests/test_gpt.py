@@ -123,6 +123,25 @@ def test_static_decode_step_equals_decode_one(prefix_len):
     torch.testing.assert_close(torch.stack(steps, dim=1), expected, rtol=0, atol=1e-5)
 
 
+def test_static_decode_pads_the_cache_to_a_multiple_of_8_and_masks_the_padding():
+    """A 7x7 grid's 49 positions: the cache holds 56 rows (aligned for the fused CUDA kernels), the 7 extra
+    ones never change a prediction."""
+    model = tiny_gpt(block_size=49).eval()
+    x = torch.randint(0, VOCAB, (2, 49), generator=torch.Generator().manual_seed(1))
+    labels = LABELS[:2]
+    with torch.no_grad():
+        full = model(x, labels)[0]  # (B, 49, V): the prediction of every position
+        cache = model.new_cache()
+        steps = [model.prefill(labels, x[:, :0], cache)]
+        pos = torch.tensor([0])
+        for t in range(48):
+            pos += 1
+            steps.append(model.decode_static(x[:, t], pos, cache))
+    assert {c.max_len for c in cache} == {56} and cache[0].k.shape[2] == 56
+    assert cache[0].k[:, :, 49:].abs().sum() == 0  # never written
+    torch.testing.assert_close(torch.stack(steps, dim=1), full, rtol=0, atol=1e-5)
+
+
 def test_label_dropout_uses_null_class_at_its_rate_in_training_only():
     model = GPT(tiny_config(class_dropout=0.25))
     labels = torch.randint(0, CLASSES, (20000,))

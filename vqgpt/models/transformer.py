@@ -264,8 +264,13 @@ class CausalTransformer(nn.Module):
         return torch.cat([cond_emb[:, None], self.transformer.wte(tokens)], dim=1)
 
     def new_cache(self) -> list[KVCache]:
-        """An empty KV cache, one per layer, for one sequence of block_size positions per batch row."""
-        return [KVCache(self.config.block_size) for _ in range(self.config.n_layer)]
+        """An empty KV cache, one per layer, for one sequence of block_size positions per batch row.
+
+        Its rows are rounded up to a multiple of 8 (the extra ones stay masked): the static decode step's mask
+        then has an aligned last dimension, which the fused attention kernels want under Inductor on CUDA (a
+        7x7 grid has 49 positions)."""
+        rows = -(-self.config.block_size // 8) * 8
+        return [KVCache(rows) for _ in range(self.config.n_layer)]
 
     def prefill(self, cond: torch.Tensor | None, prefix: torch.Tensor, cache: list[KVCache]) -> torch.Tensor:
         """Run [cond, prefix (B, P[, D])] into a fresh cache; return the prediction (B, V) of token P."""
@@ -283,10 +288,10 @@ class CausalTransformer(nn.Module):
 
     def decode_static(self, token: torch.Tensor, pos: torch.Tensor, cache: list[KVCache]) -> torch.Tensor:
         """`decode_one` with shapes that never change, so torch.compile builds it once (gpt-fast's decode step):
-        `token` goes in at position `pos`, a 1-element long tensor, and attention reads all block_size cache
-        rows with those after `pos` masked. The cache is the one `prefill` filled; the caller advances `pos`
+        `token` goes in at position `pos`, a 1-element long tensor, and attention reads all the cache's rows
+        with those after `pos` masked. The cache is the one `prefill` filled; the caller advances `pos`
         (in place, no host sync) and nothing here reads or moves `cache.length`. Eval mode only."""
-        mask = (torch.arange(self.config.block_size, device=pos.device) <= pos)[None]  # (1, T): written rows
+        mask = (torch.arange(cache[0].max_len, device=pos.device) <= pos)[None]  # (1, rows): the written ones
         x = self.transformer.wte(token)[:, None] + self.transformer.wpe(pos)  # (B, 1, C)
         for block, layer_cache in zip(self.transformer.h, cache, strict=True):
             x = block(x, layer_cache, pos, mask)

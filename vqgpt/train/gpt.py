@@ -87,7 +87,8 @@ class GPTTask:
         with engine.main_first(), torch.random.fork_rng(devices=[]):
             cache, header = prepare_token_cache(vae_path, run.dataset, run.cache_dir, run.hflip_copies, device)
         self.tokenizer = load_checkpoint(vae_path, expected_stage="tokenizer", map_location=device).model
-        self.train_set, self.test_set = TokenDataset(cache, "train"), TokenDataset(cache, eval_split(header))
+        self.eval_split = eval_split(header)  # what training reports on: val when held out, else test
+        self.train_set, self.test_set = TokenDataset(cache, "train"), TokenDataset(cache, self.eval_split)
         engine.check_data(self.train_set)
         self.test_loader = DataLoader(self.test_set, batch_size=t.batch_size, num_workers=t.num_workers)
         self.config = gpt_config(run, header, header["data"]["num_classes"])
@@ -116,8 +117,8 @@ class GPTTask:
         n_params = sum(p.numel() for p in self.model.parameters())
         tokens = f"K={self.config.vocab_size}" if self.model.is_discrete else f"patches of {self.config.token_dim}"
         model = "GPT" if self.model.is_discrete else f"PatchGPT ({self.config.head} head)"
-        return (f"{self.meta['dataset']}: {len(self.train_set)} train / {len(self.test_set)} test token grids of "
-                f"{h}x{w}, {tokens}; {model} {n_params / 1e6:.2f}M params, "
+        return (f"{self.meta['dataset']}: {len(self.train_set)} train / {len(self.test_set)} {self.eval_split} "
+                f"token grids of {h}x{w}, {tokens}; {model} {n_params / 1e6:.2f}M params, "
                 f"{'class-conditional' if self.conditional else 'unconditional'}")
 
     def train_step(self, e: Engine, step: int) -> dict[str, Any]:

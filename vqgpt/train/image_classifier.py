@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from vqgpt.config import TrainClassifierRun
-from vqgpt.data import build_dataset, dataset_info
+from vqgpt.data import build_dataset, dataset_info, eval_split
 from vqgpt.models.image_classifier import Classifier
 from vqgpt.train.engine import Engine
 
@@ -44,7 +44,9 @@ class ClassifierTask:
 
     def __init__(self, run: TrainClassifierRun, engine: Engine):
         with engine.main_first():  # one download per machine
-            self.train_set, self.test_set = build_dataset(run.dataset, "train"), build_dataset(run.dataset, "test")
+            self.train_set = build_dataset(run.dataset, "train")
+            self.eval_split = eval_split(run.dataset)  # what training reports on: val when held out, else test
+            self.test_set = build_dataset(run.dataset, self.eval_split)
         engine.check_data(self.train_set)
         self.meta = dataset_info(run.dataset, self.train_set)
         num_classes = run.classifier.num_classes or self.meta["num_classes"]  # null: from the data (folders)
@@ -56,7 +58,8 @@ class ClassifierTask:
 
     def describe(self) -> str:
         n_params = sum(p.numel() for p in self.model.parameters())
-        return (f"{self.meta['dataset']}: {len(self.train_set)} train / {len(self.test_set)} test images, "
+        return (f"{self.meta['dataset']}: {len(self.train_set)} train / {len(self.test_set)} "
+                f"{self.eval_split} images, "
                 f"{self.meta['num_classes']} classes; classifier {n_params / 1e6:.2f}M params")
 
     def train_step(self, e: Engine, step: int) -> dict[str, Any]:

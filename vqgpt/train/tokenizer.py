@@ -72,7 +72,8 @@ class VQGANTask:
         self.run, self.out_dir, device = run, engine.out_dir, engine.device
         with engine.main_first():  # one download per machine
             self.train_set = build_dataset(run.dataset, "train")
-            self.test_set = build_dataset(run.dataset, eval_split(run.dataset))  # what training reports on
+            self.eval_split = eval_split(run.dataset)  # what training reports on: val when held out, else test
+            self.test_set = build_dataset(run.dataset, self.eval_split)
         engine.check_data(self.train_set)
         loss = run.tokenizer.loss
         with argument_prefix("tokenizer."):  # the command line's names for the config's keys
@@ -103,8 +104,8 @@ class VQGANTask:
     def describe(self) -> str:
         h, w = self.model.latent_grid
         n_params = sum(p.numel() for p in self.model.parameters())
-        return (f"{self.meta['dataset']}: {len(self.train_set)} train / {len(self.test_set)} test images; VQ-GAN "
-                f"{n_params / 1e6:.2f}M params, {h}x{w} tokens of K={self.model.codebook_size}")
+        return (f"{self.meta['dataset']}: {len(self.train_set)} train / {len(self.test_set)} {self.eval_split} "
+                f"images; VQ-GAN {n_params / 1e6:.2f}M params, {h}x{w} tokens of K={self.model.codebook_size}")
 
     def train_step(self, e: Engine, step: int) -> dict[str, Any]:
         (x, _), crit = e.next_batch(), self.criterion

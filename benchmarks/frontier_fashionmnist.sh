@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The quality frontier on full Fashion-MNIST (apt-get install dataset-fashion-mnist), 32x32 padded: for each CPU
+# budget, train experiment=tokenizer_fashionmnist_<budget> and experiment=gpt_fashionmnist_<budget>, then measure
+# once on the test split: the tokenizer's rFID/PSNR/SSIM/LPIPS, the GPT's bits/dim, and FID-10k of 10,000
+# class-balanced samples with their class accuracy under a small CNN (trained once, $OUT/classifier).
+# The recipes' settings were chosen on dataset.val_size=2000 held-out training images (docs/quality.md).
+#   bash benchmarks/frontier_fashionmnist.sh              # every budget: 20min 1h 2h
+#   bash benchmarks/frontier_fashionmnist.sh 20min        # one; run it alone on the machine (its times are the point)
+# Resumable: a finished stage is skipped, and a training that was stopped resumes from its last checkpoint.
+# Each stage's wall time goes to $OUT/<budget>/times.jsonl; benchmarks/frontier_table.py makes the JSON under
+# benchmarks/results/, README's table and the FID-against-hours plot.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-outputs/frontier_fashionmnist}
+PY=${PY:-.venv/bin/python}
+BUDGETS=${*:-20min 1h 2h}
+DATA=(dataset=fashionmnist dataset.image_size=32 dataset.resize=pad dataset.val_size=2000)
+
+stage() {  # stage DIR NAME COMMAND...: run it, append its wall time to DIR/times.jsonl
+  local dir=$1 name=$2 start
+  shift 2
+  mkdir -p "$dir"
+  start=$(date +%s)
+  "$@"
+  echo "{\"stage\": \"$name\", \"seconds\": $(($(date +%s) - start)), \"command\": \"$*\"}" >>"$dir/times.jsonl"
+}
+
+train() {  # train DIR SCRIPT ARGS...: fresh, or resumed from DIR's last checkpoint; skipped once DIR/done exists
+  local dir=$1 script=$2
+  shift 2
+  [ -e "$dir/done" ] && return
+  local resume=()
+  [ -e "$dir/checkpoints/last/config.json" ] && resume=(resume=true)
+  "$PY" "scripts/$script" "$@" "${resume[@]}" hydra.run.dir="$dir" && touch "$dir/done"
+}
+
+CLS=$OUT/classifier
+[ -e "$CLS/done" ] || stage "$OUT" classifier train "$CLS" train_classifier.py "${DATA[@]}" trainer.max_steps=1500 \
+  trainer.num_threads=2
+
+for b in $BUDGETS; do
+  D=$OUT/$b
+  VAE=$D/tokenizer/checkpoints/last
+  GPT=$D/gpt/checkpoints/last
+  [ -e "$D/tokenizer/done" ] || stage "$D" tokenizer train "$D/tokenizer" train_tokenizer.py \
+    experiment="tokenizer_fashionmnist_$b"
+  [ -e "$D/gpt/done" ] || stage "$D" gpt train "$D/gpt" train_gpt.py experiment="gpt_fashionmnist_$b" \
+    checkpoint_vae="$VAE"
+  # the GPT's own sampling settings (its experiment's sampling.*, chosen on the val split) are the ones measured
+  [ -e "$D/eval_gpt/eval.json" ] || stage "$D" eval_gpt "$PY" scripts/evaluate.py stage=gpt checkpoint_vae="$VAE" \
+    checkpoint_gpt="$GPT" checkpoint_classifier="$CLS/checkpoints/last" fid.num_samples=10000 \
+    hydra.run.dir="$D/eval_gpt"
+  [ -e "$D/eval_tokenizer/eval.json" ] || stage "$D" eval_tokenizer "$PY" scripts/evaluate.py stage=tokenizer \
+    checkpoint_vae="$VAE" hydra.run.dir="$D/eval_tokenizer"
+done
+$PY benchmarks/frontier_table.py "$OUT"
