@@ -26,7 +26,18 @@ def machine() -> str:
     """'2-core x86_64 CPU (torch 2.x)' or the GPU's name."""
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)} (torch {torch.__version__})"
-    return f"{os.cpu_count()}-core {platform.machine()} CPU, no GPU (torch {torch.__version__})"
+    return f"{os.cpu_count()}-core {cpu_model()}, no GPU (torch {torch.__version__})"
+
+
+def cpu_model() -> str:
+    """'AMD EPYC' or the like, from /proc/cpuinfo (CPU timings depend on it); the architecture elsewhere."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return f"{platform.machine()} CPU"
 
 
 def build(run: Path) -> dict:

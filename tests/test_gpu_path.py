@@ -76,3 +76,34 @@ def test_the_process_group_waits_long_enough_for_rank_0s_work(monkeypatch):
     monkeypatch.setenv("VQGPT_DIST_TIMEOUT", "soon")
     with pytest.raises(UserError, match="VQGPT_DIST_TIMEOUT='soon' must be a positive number of minutes"):
         distributed.init_distributed()
+
+
+def test_compile_wraps_ddp_and_gradient_accumulation_still_finds_no_sync(tmp_path, monkeypatch):
+    """torch.compile goes around DistributedDataParallel (Dynamo's DDPOptimizer then overlaps the all-reduces with
+    the backward pass); the engine still reaches DDP's no_sync through the compiled wrapper. One gloo rank."""
+    import torch.distributed as dist
+
+    from vqgpt.train import engine
+
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: compile_(m, **{"backend": "aot_eager", **kw}))
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        plain = nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 2))
+        twin = nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 2))
+        twin.load_state_dict(plain.state_dict())
+        net = engine.wrap(twin, ddp=True, compile=True)
+        assert isinstance(net._orig_mod, nn.parallel.DistributedDataParallel)
+        assert engine.ddp_of(net) is net._orig_mod and engine.ddp_of(plain) is None
+        assert engine.ddp_of(engine.wrap(plain, ddp=False, compile=True)) is None
+        x = torch.randn(6, 4)
+        with engine.ddp_of(net).no_sync():  # an accumulation step, then the synchronising one
+            net(x[:3]).square().mean().backward()
+        net(x[3:]).square().mean().backward()
+        plain(x[:3]).square().mean().backward()
+        plain(x[3:]).square().mean().backward()
+        for a, b in zip(twin.parameters(), plain.parameters(), strict=True):
+            torch.testing.assert_close(a.grad, b.grad)
+    finally:
+        dist.destroy_process_group()

@@ -82,6 +82,21 @@ class Interrupted(UserError):
 # the engine
 
 
+def wrap(module: nn.Module, *, ddp: bool, device_ids: list[int] | None = None, find_unused: bool = False,
+         compile: bool = False) -> nn.Module:
+    """DistributedDataParallel around the module, then torch.compile around that: compiling the DDP-wrapped model
+    lets Dynamo see DDP's buckets and split the graph at them, so gradient all-reduces overlap the backward pass
+    (PyTorch's DDPOptimizer); DDP around a compiled module would all-reduce only after the whole backward."""
+    net = DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=find_unused) if ddp else module
+    return torch.compile(net) if compile else net
+
+
+def ddp_of(net: nn.Module) -> DistributedDataParallel | None:
+    """The DistributedDataParallel inside `net` (compiled or not), or None."""
+    inner = getattr(net, "_orig_mod", net)  # torch.compile's OptimizedModule keeps the module it compiled
+    return inner if isinstance(inner, DistributedDataParallel) else None
+
+
 class Engine:
     """Owns device, process group, train state and loop for one training run (see the module docstring)."""
 
@@ -110,14 +125,11 @@ class Engine:
 
     def prepare(self, module: nn.Module, *, convnet: bool = False, find_unused: bool = False) -> nn.Module:
         """The module as the train step should call it: channels_last (convnets, `trainer.channels_last`),
-        compiled (`trainer.compile`), wrapped in DistributedDataParallel under torchrun. Weights stay shared."""
+        wrapped in DistributedDataParallel under torchrun, compiled (`trainer.compile`). Weights stay shared."""
         if convnet and self.t.channels_last:
             module.to(memory_format=torch.channels_last)
-        net = torch.compile(module) if self.t.compile else module
-        if self.world > 1:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            net = DistributedDataParallel(net, device_ids=ids, find_unused_parameters=find_unused)
-        return net
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return wrap(module, ddp=self.world > 1, device_ids=ids, find_unused=find_unused, compile=self.t.compile)
 
     def adamw(self, modules: nn.Module | list[nn.Module]) -> torch.optim.AdamW:
         """AdamW with the trainer's lr/betas/weight decay (decay on Linear/conv weights only); fused on CUDA."""
@@ -143,7 +155,8 @@ class Engine:
         """`trainer.grad_accum` batches; under DDP the gradients are all-reduced only after the last one."""
         for i in range(self.t.grad_accum):
             last = i == self.t.grad_accum - 1
-            sync = net.no_sync() if isinstance(net, DistributedDataParallel) and not last else contextlib.nullcontext()
+            ddp = ddp_of(net)
+            sync = ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext()
             with sync:
                 yield self.next_batch()
 

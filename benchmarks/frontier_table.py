@@ -1,0 +1,120 @@
+"""The quality frontier: benchmarks/frontier_fashionmnist.sh's runs -> JSON, README's table and the FID-hours plot.
+
+    python benchmarks/frontier_table.py outputs/frontier_fashionmnist
+
+Reads each budget's eval.json files and stage times; writes benchmarks/results/frontier_fashionmnist.json and
+docs/images/frontier_fashionmnist.png, and prints the markdown table. FID cells carry a protocol letter as in
+quality_table.py: numbers with different letters are different quantities.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+from pathlib import Path
+
+from quality_table import machine
+
+from vqgpt.eval.fid import fid_columns
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+PLOT = ROOT / "docs" / "images" / "frontier_fashionmnist.png"
+ORDER = ("20min", "1h", "2h")  # the budgets, in the order of the table; others follow by name
+TRAIN_STAGES = ("tokenizer", "gpt")  # what a budget counts (evaluation and the shared classifier do not)
+
+
+def budget_row(run: Path) -> dict | None:
+    """One budget's numbers, or None while it has no test evaluation yet."""
+    tok_file, gpt_file = run / "eval_tokenizer" / "eval.json", run / "eval_gpt" / "eval.json"
+    if not (tok_file.is_file() and gpt_file.is_file()):
+        return None
+    times = {r["stage"]: r for r in map(json.loads, (run / "times.jsonl").read_text().splitlines())}
+    tok, gpt = json.loads(tok_file.read_text()), json.loads(gpt_file.read_text())
+    sample = gpt["samples"][0]
+    return {
+        "budget": run.name,
+        "train_seconds": {s: times[s]["seconds"] for s in TRAIN_STAGES if s in times},
+        "commands": {s: times[s]["command"] for s in times},
+        "tokenizer": {k: tok[k] for k in ("rfid", "psnr", "ssim", "lpips", "usage", "perplexity", "num_images")},
+        "tokenizer_protocol": tok["protocol"],
+        "gpt": {k: gpt[k] for k in ("loss", "bits_per_token", "bits_per_dim")},
+        "fid": sample["fid"], "fid_protocol": sample["protocol"], "noise_floor": sample["fid_noise_floor"],
+        "cfg_scale": sample["cfg_scale"], "class_accuracy": sample.get("class_accuracy"),
+    }
+
+
+def build(out: Path) -> dict:
+    rows = [r for d in sorted(p for p in out.iterdir() if p.is_dir()) if (r := budget_row(d))]
+    rows.sort(key=lambda r: (ORDER.index(r["budget"]) if r["budget"] in ORDER else len(ORDER), r["budget"]))
+    fids = [{"fid": r["tokenizer"]["rfid"], "protocol": r["tokenizer_protocol"]} for r in rows]
+    fids += [{"fid": r["fid"], "protocol": r["fid_protocol"]} for r in rows]
+    letters = {}
+    for letter, column in zip("ABCDEFGH", fid_columns(fids), strict=False):
+        for i in column["rows"]:
+            letters[i] = letter
+    for i, r in enumerate(rows):
+        r["rfid_protocol_id"], r["fid_protocol_id"] = letters[i], letters[len(rows) + i]
+    return {"date": datetime.date.today().isoformat(), "machine": machine(), "budgets": rows}
+
+
+def markdown(result: dict) -> str:
+    lines = ["| budget | tokenizer: rFID, PSNR, LPIPS | GPT: bits/dim | FID-10k | class accuracy | train time |",
+             "|---|---|---|---|---|---|"]
+    for r in result["budgets"]:
+        t, s = r["tokenizer"], r["train_seconds"]
+        acc = "" if r["class_accuracy"] is None else f"{r['class_accuracy']:.1%}"
+        lines.append(f"| {r['budget']} | {t['rfid']:.2f} [{r['rfid_protocol_id']}], {t['psnr']:.2f} dB, "
+                     f"{t['lpips']:.3f} | {r['gpt']['bits_per_dim']:.3f} | {r['fid']:.2f} "
+                     f"[{r['fid_protocol_id']}] | {acc} | {s.get('tokenizer', 0) / 60:.0f} + "
+                     f"{s.get('gpt', 0) / 60:.0f} min |")
+    lines.append(f"\n{result['machine']}, {result['date']}.")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> None:
+    """FID-10k against training hours (tokenizer + GPT), one point per budget."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["budgets"]
+    hours = [sum(r["train_seconds"].values()) / 3600 for r in rows]
+    fid = [r["fid"] for r in rows]
+    fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
+    ax.plot(hours, fid, "o-", color="tab:blue")
+    for h, f, r in zip(hours, fid, rows, strict=True):
+        ax.annotate(f"{r['budget']}: {f:.1f}", (h, f), textcoords="offset points", xytext=(6, 6), fontsize=8)
+    ax.axhline(rows[0]["noise_floor"], color="grey", ls=":", lw=1)
+    ax.text(0.01, rows[0]["noise_floor"], " noise floor", color="grey", fontsize=8, va="bottom",
+            transform=ax.get_yaxis_transform())
+    ax.set_xlabel(f"training hours ({result['machine'].split(',')[0]})")
+    ax.set_ylabel("FID-10k (test split)")
+    ax.set_title("Fashion-MNIST 32 px: FID against CPU training time", fontsize=9)
+    ax.set_ylim(bottom=0)
+    ax.set_xlim(left=0)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="frontier_fashionmnist.sh's OUT folder")
+    parser.add_argument("--json", type=Path, default=RESULTS / "frontier_fashionmnist.json")
+    parser.add_argument("--plot", type=Path, default=PLOT)
+    args = parser.parse_args()
+    result = build(args.out)
+    if not result["budgets"]:
+        raise SystemExit(f"{args.out}: no budget has both evaluations yet (eval_tokenizer/, eval_gpt/)")
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, args.plot)
+    print(markdown(result))
+    print(f"\nwrote {args.json} and {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
