@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 from vqgpt.config import GPTConfig, VQConfig, VQGANConfig
+from vqgpt.device import autocast
 from vqgpt.models.gpt import GPT
 from vqgpt.tokenizers.vqgan.model import VQGAN
-from vqgpt.train.runtime import autocast
 
 
 def gpt_step(precision: str):

@@ -75,7 +75,7 @@ def test_bad_evaluate_options_are_one_line_and_write_no_results(tiny_ckpts, run_
                          (EvaluateRun(checkpoint_vae=vae, checkpoint_gpt=vae, fid=EvaluateFIDConfig(num_samples=1)),
                           "at least 2 images"),
                          (EvaluateRun(stage="tokenizer", checkpoint_vae=vae,
-                                      fid=EvaluateFIDConfig(reference_split="val")), "must be train or test")):
+                                      fid=EvaluateFIDConfig(reference_split="holdout")), "must be one of train, val, test")):
         with pytest.raises(UserError, match=message):
             check_run(run)
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from vqgpt import device
 from vqgpt.eval.fid import full_fp32
 from vqgpt.tokenizers.vqgan import losses
-from vqgpt.train import runtime
 
 
 def test_the_adaptive_weight_all_reduces_a_contiguous_tensor_of_channels_last_gradients(monkeypatch):
@@ -37,11 +37,11 @@ def test_precision_auto_is_bf16_only_where_the_gpu_computes_it_natively(monkeypa
     asked = []
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: asked.append(
         including_emulation) or (native or including_emulation))
-    context = runtime.autocast(torch.device("cuda"), "auto")
+    context = device.autocast(torch.device("cuda"), "auto")
     assert asked == [False]
     assert (getattr(context, "fast_dtype", None) if expected else None) == expected
     assert isinstance(context, torch.autocast) == (expected is not None)
-    assert runtime.autocast(torch.device("cpu"), "auto").__class__.__name__ == "nullcontext"
+    assert device.autocast(torch.device("cpu"), "auto").__class__.__name__ == "nullcontext"
 
 
 def test_fid_turns_tf32_off_with_the_api_torch_has_and_puts_it_back():
@@ -107,3 +107,21 @@ def test_compile_wraps_ddp_and_gradient_accumulation_still_finds_no_sync(tmp_pat
             torch.testing.assert_close(a.grad, b.grad)
     finally:
         dist.destroy_process_group()
+
+
+def test_sampling_runs_under_the_devices_autocast_and_draws_from_fp32_logits(monkeypatch):
+    """Sampling (sample.py, evaluate.py's FID, training's grids) asks for `auto` precision: bf16 with flash
+    attention on a GPU that has it. Here a CPU bf16 autocast stands in for the GPU's."""
+    from vqgpt.config import GPTConfig
+    from vqgpt.generate import sampling
+    from vqgpt.models.gpt import GPT
+
+    asked, logits_seen = [], []
+    monkeypatch.setattr(sampling, "autocast", lambda dev, precision: asked.append((dev.type, precision)) or
+                        torch.autocast("cpu", dtype=torch.bfloat16))
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(vocab_size=16, block_size=6, num_classes=2, n_layer=1, n_head=2, n_embd=16))
+    tokens = sampling.generate(gpt, 3, cond=1, seed=0, callback=lambda t, toks, logits: logits_seen.append(logits))
+    assert asked == [("cpu", "auto")]
+    assert tokens.shape == (3, 6) and int(tokens.max()) < 16
+    assert {logits.dtype for logits in logits_seen} == {torch.float32}

@@ -55,6 +55,20 @@ def test_kv_cache_generation_equals_the_no_cache_oracle(head, cfg_scale):
     torch.testing.assert_close(completed, generate_nocache(gpt, 3, prefix=prefix, **kwargs), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("head", ["gaussian", "mse"])
+def test_the_head_predicts_in_fp32_under_bf16_autocast(head):
+    """The transformer may run in bf16 (a GPU's autocast); the predicted patch stays fp32 (8 mantissa bits would
+    be coarser than the pixels), equal to the head applied to the bf16 hidden states in fp32."""
+    gpt = model(head)
+    seen = []
+    gpt.head.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = gpt(torch.randn(2, 9, D), torch.tensor([0, 2]))
+    assert out.dtype == torch.float32 and seen[0].dtype == torch.float32
+    torch.testing.assert_close(out, torch.nn.functional.linear(seen[0], gpt.head.weight, gpt.head.bias),
+                               rtol=0, atol=0)  # an fp32 matmul: bf16 would be off by ~1e-2
+
+
 def test_gaussian_samples_differ_and_mse_samples_are_the_mean():
     gaussian, mse = model("gaussian", num_classes=0), model("mse", num_classes=0)
     a = generate(gaussian, 4, seed=0)

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from vqgpt.checkpoint import checkpoint_hash, load_checkpoint, read_meta
 from vqgpt.config import DatasetConfig, dataclass_from_dict
 from vqgpt.data.datasets import build_dataset, config_facts, dataset_info, files_fingerprint
+from vqgpt.device import autocast
 from vqgpt.errors import UserError
 from vqgpt.paths import cache_dir as vqgpt_cache
 from vqgpt.progress import progress
@@ -78,7 +79,8 @@ def build_token_cache(tokenizer_path: str | Path, data_cfg: DatasetConfig, cache
                 images = images.to(device)
                 for copy, flip in enumerate(flips):  # the flipped copy of item i is row i + len(dataset)
                     start = row + copy * len(dataset)
-                    codes = tokenizer.tokenize(images.flip(-1) if flip else images)
+                    with autocast(images.device, "auto"):  # as the tokenizer trained (bf16 on a GPU that has it)
+                        codes = tokenizer.tokenize(images.flip(-1) if flip else images)
                     tokens[start:start + len(images)] = codes.reshape(len(images), *row_shape).cpu().numpy()
                     labels[start:start + len(images)] = y.numpy()
                 row += len(images)

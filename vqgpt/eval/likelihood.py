@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from vqgpt.device import autocast
+
 
 @torch.no_grad()
 def test_loss(model: nn.Module, loader: DataLoader, device: torch.device, conditional: bool) -> float:
@@ -17,7 +19,8 @@ def test_loss(model: nn.Module, loader: DataLoader, device: torch.device, condit
     total, count = 0.0, 0
     for tokens, labels in loader:
         tokens = tokens.to(device)
-        _, loss = model(tokens, labels.to(device) if conditional else None, targets=tokens)
+        with autocast(device, "auto"):  # as training computes it (bf16 on a GPU that has it)
+            _, loss = model(tokens, labels.to(device) if conditional else None, targets=tokens)
         total += loss.item() * tokens.numel()
         count += tokens.numel()
     model.train(was_training)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqgpt.device import autocast
 from vqgpt.errors import ArgumentError, UserError
 
 # callback(step, tokens_so_far, logits): after token `step` is drawn; tokens_so_far (B, step + 1) is a view
@@ -210,11 +211,13 @@ def _guide(logits: torch.Tensor, cfg_scale: float | None) -> torch.Tensor:
 
 @contextmanager
 def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Sample without dropout or label dropout; give a model called mid-training back in its own mode."""
+    """Sample without dropout or label dropout, in bf16 on a GPU that computes it natively (flash attention; the
+    logits are drawn from in fp32); give a model called mid-training back in its own mode."""
     was_training = model.training
     model.eval()
     try:
-        yield
+        with autocast(next(model.parameters()).device, "auto"):
+            yield
     finally:
         model.train(was_training)
 

@@ -40,8 +40,11 @@ class PatchGPT(CausalTransformer):
         self.init_weights()
 
     def output(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(..., C) -> (..., 2D): mean and log-std of the next patch (gaussian), or (..., D): its mean (mse)."""
-        return self.head(hidden)
+        """(..., C) -> (..., 2D): mean and log-std of the next patch (gaussian), or (..., D): its mean (mse).
+
+        In fp32 under bf16 autocast: a bf16 mean has 8 bits of mantissa, coarser than the pixels it predicts."""
+        with torch.autocast(hidden.device.type, enabled=False):
+            return self.head(hidden.float())
 
     def mean(self, out: torch.Tensor) -> torch.Tensor:
         """The predicted patch (..., D) of an output (..., 2D or D): the distribution's mean."""

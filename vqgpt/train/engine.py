@@ -40,13 +40,13 @@ from torch.utils.data import Dataset
 
 from vqgpt.checkpoint import read_meta, save_checkpoint
 from vqgpt.config import LoggerConfig, TrainerConfig
-from vqgpt.device import set_threads
+from vqgpt.device import autocast, set_threads
 from vqgpt.errors import UserError
 from vqgpt.progress import progress
 from vqgpt.train.distributed import distributed, init_distributed, main_rank_first, rank, train_device, world_size
 from vqgpt.train.loggers import build_logger
 from vqgpt.train.optim import adamw, lr_at, set_lr
-from vqgpt.train.runtime import autocast, check_batch_fits, check_checkpoint_target, check_trainer, seed_everything
+from vqgpt.train.runtime import check_batch_fits, check_checkpoint_target, check_trainer, seed_everything
 from vqgpt.train.state import EMA, BatchStream, capture, restore, rng_isolated, rng_state
 
 

@@ -1,8 +1,7 @@
-"""What every training loop sets up first: checked trainer settings, autocast, seeds."""
+"""What every training loop sets up first: checked trainer settings and seeds (autocast: vqgpt.device)."""
 
 from __future__ import annotations
 
-import contextlib
 import random
 from pathlib import Path
 
@@ -12,25 +11,6 @@ import torch
 from vqgpt.checkpoint import check_replaceable
 from vqgpt.config import TrainerConfig
 from vqgpt.errors import UserError
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """`trainer.precision`: auto = bf16 autocast on a GPU that computes bf16 natively (Ampere and newer), fp32 on
-    older GPUs (T4, V100: bf16 there is emulated, slower than fp32) and on the CPU (where bf16 autocast measured
-    slower, docs/training.md); bf16 = bf16 autocast on either; fp32 = off."""
-    if precision not in ("auto", "bf16", "fp32"):
-        raise UserError(f"trainer.precision={precision!r} is not one of auto, bf16, fp32")
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda" and native_bf16()):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def native_bf16() -> bool:
-    """Whether this process's GPU has bf16 in hardware (is_bf16_supported alone counts emulation)."""
-    try:
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    except TypeError:  # a torch without the argument: compute capability 8.0 (Ampere) and newer
-        return torch.cuda.get_device_capability()[0] >= 8
 
 
 def seed_everything(seed: int) -> None:
