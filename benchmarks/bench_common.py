@@ -34,10 +34,29 @@ def machine() -> dict:
     except OSError:
         load = None
     info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "loadavg_at_end": load}
+            "cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "loadavg_at_end": load}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
+
+
+def cpu_model() -> str:
+    """'AMD EPYC' or the like, from /proc/cpuinfo (CPU timings depend on it), else the architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return f"{platform.machine()} CPU"
+
+
+def machine_line() -> str:
+    """'2-core AMD EPYC, no GPU (torch 2.x)' or the GPU's name: how a results table names its machine."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (torch {torch.__version__})"
+    return f"{os.cpu_count()}-core {cpu_model()}, no GPU (torch {torch.__version__})"
 
 
 def git_state() -> dict:

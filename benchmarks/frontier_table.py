@@ -4,7 +4,7 @@
 
 Reads each budget's eval.json files and stage times; writes benchmarks/results/frontier_fashionmnist.json and
 docs/images/frontier_fashionmnist.png, and prints the markdown table. FID cells carry a protocol letter as in
-quality_table.py: numbers with different letters are different quantities.
+vqgpt.eval.fid.fid_columns: numbers with different letters are different quantities.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import datetime
 import json
 from pathlib import Path
 
-from quality_table import machine
+from bench_common import machine_line
 
 from vqgpt.eval.fid import fid_columns
 
@@ -56,7 +56,7 @@ def build(out: Path) -> dict:
             letters[i] = letter
     for i, r in enumerate(rows):
         r["rfid_protocol_id"], r["fid_protocol_id"] = letters[i], letters[len(rows) + i]
-    return {"date": datetime.date.today().isoformat(), "machine": machine(), "budgets": rows}
+    return {"date": datetime.date.today().isoformat(), "machine": machine_line(), "budgets": rows}
 
 
 def markdown(result: dict) -> str:

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 from conftest import PATTERNS, make_tokenizer, one_error_line
+from PIL import Image
 
 from vqgpt.checkpoint import save_checkpoint
 from vqgpt.config import (
@@ -75,7 +76,7 @@ def test_bad_evaluate_options_are_one_line_and_write_no_results(tiny_ckpts, run_
                          (EvaluateRun(checkpoint_vae=vae, checkpoint_gpt=vae, fid=EvaluateFIDConfig(num_samples=1)),
                           "at least 2 images"),
                          (EvaluateRun(stage="tokenizer", checkpoint_vae=vae,
-                                      fid=EvaluateFIDConfig(reference_split="holdout")), "must be one of train, val, test")):
+                                      fid=EvaluateFIDConfig(reference_split="holdout")), "must be one of train, val,")):
         with pytest.raises(UserError, match=message):
             check_run(run)
 
@@ -105,35 +106,46 @@ def test_gpt_training_logs_fid_n_through_the_same_code(tmp_path):
     assert json.loads((tmp_path / "run" / "eval.json").read_text())["fid_protocol"]["reference_size"] == 4
 
 
-def test_the_quality_table_letters_fids_by_protocol(tmp_path):
+def test_the_frontier_table_letters_fids_by_protocol_and_plots_them(tmp_path):
     import importlib.util
+    import sys
 
     from conftest import ROOT
 
-    spec = importlib.util.spec_from_file_location("quality_table", ROOT / "benchmarks" / "quality_table.py")
-    quality_table = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(quality_table)
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # as `python benchmarks/frontier_table.py` runs: bench_common
+    try:
+        spec = importlib.util.spec_from_file_location("frontier_table", ROOT / "benchmarks" / "frontier_table.py")
+        frontier_table = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(frontier_table)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
     record = {"implementation": "torchmetrics 1", "weights": "w", "weights_sha256": "a" * 64, "resize": "r",
               "input": "i", "reference": "fashionmnist test split", "reference_size": 10000, "num_samples": 10000,
               "class_balance": "the test split's own", "stats_dtype": "float64"}
-    (tmp_path / "eval_tokenizer").mkdir()
-    (tmp_path / "eval_gpt").mkdir()
-    (tmp_path / "eval_tokenizer" / "eval.json").write_text(json.dumps(
-        {"rfid": 3.0, "psnr": 24.0, "ssim": 0.9, "lpips": 0.1, "usage": 1.0, "perplexity": 200.0,
-         "num_images": 10000, "protocol": record}))
     gpt_record = {**record, "class_balance": "balanced: 1000 per class (10 classes)"}
-    rows = [{"cfg_scale": scale, "fid": fid, "fid_noise_floor": 1.0, "fid_noise_floor_size": 5000,
-             "protocol": gpt_record} for scale, fid in ((None, 8.0), (2.0, 6.0))]
-    (tmp_path / "eval_gpt" / "eval.json").write_text(json.dumps(
-        {"loss": 1.8, "bits_per_token": 2.6, "bits_per_dim": 0.16, "samples": rows}))
-    (tmp_path / "times.jsonl").write_text("\n".join(json.dumps({"stage": s, "seconds": 60})
-                                                    for s in ("tokenizer", "gpt", "eval_gpt", "eval_tokenizer")))
-    result = quality_table.build(tmp_path)
-    assert [row["protocol_id"] for row in result["fids"]] == ["A", "B", "B"]
-    table = quality_table.markdown(result)
-    assert "rFID 3.00 [A]" in table and "FID-10000 6.00 [B] (cfg_scale 2;" in table
-    assert "FID-10000 8.00 [B] (no guidance;" in table
-    assert table.count("[A] ") == 1 and "balanced: 1000 per class" in table
+    for budget, rfid, fid, minutes in (("1h", 2.0, 6.0, 60), ("20min", 3.0, 8.0, 10), ("unfinished", 1.0, 1.0, 1)):
+        run = tmp_path / budget
+        (run / "eval_tokenizer").mkdir(parents=True)
+        (run / "eval_tokenizer" / "eval.json").write_text(json.dumps(
+            {"rfid": rfid, "psnr": 24.0, "ssim": 0.9, "lpips": 0.1, "usage": 1.0, "perplexity": 200.0,
+             "num_images": 10000, "protocol": record}))
+        (run / "times.jsonl").write_text("\n".join(json.dumps({"stage": s, "seconds": minutes * 30, "command": s})
+                                                   for s in ("tokenizer", "gpt", "eval_gpt", "eval_tokenizer")))
+        if budget == "unfinished":
+            continue  # no GPT evaluation yet: left out
+        (run / "eval_gpt").mkdir()
+        (run / "eval_gpt" / "eval.json").write_text(json.dumps(
+            {"loss": 1.8, "bits_per_token": 2.6, "bits_per_dim": 0.16, "samples": [
+                {"cfg_scale": None, "fid": fid, "fid_noise_floor": 1.0, "fid_noise_floor_size": 5000,
+                 "protocol": gpt_record, "class_accuracy": 0.75}]}))
+    result = frontier_table.build(tmp_path)
+    assert [r["budget"] for r in result["budgets"]] == ["20min", "1h"]  # by budget, not by name
+    assert [(r["rfid_protocol_id"], r["fid_protocol_id"]) for r in result["budgets"]] == [("A", "B"), ("A", "B")]
+    assert result["budgets"][0]["train_seconds"] == {"tokenizer": 300, "gpt": 300}  # evaluation is not training
+    table = frontier_table.markdown(result)
+    assert "| 20min | 3.00 [A], 24.00 dB, 0.100 | 0.160 | 8.00 [B] | 75.0% | 5 + 5 min |" in table
+    frontier_table.plot(result, tmp_path / "plot.png")
+    assert Image.open(tmp_path / "plot.png").size[0] > 300
 
 
 def test_rejection_sampling_gets_the_classifier_it_was_given(tiny_ckpts, tmp_path, monkeypatch):

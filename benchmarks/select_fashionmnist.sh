@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# How the frontier recipes were chosen: every candidate trained on full Fashion-MNIST less dataset.val_size=2000
+# held-out training images, and measured on those 2,000 (rFID-2k for tokenizers, FID-2k of 2,000 class-balanced
+# samples for GPTs), never on the test split. One thread per run, so two runs share the 2 cores.
+#   bash benchmarks/select_fashionmnist.sh                  # every run not done yet (resumable), then the table
+#   JOBS=1 bash benchmarks/select_fashionmnist.sh           # one run at a time
+# benchmarks/select_table.py writes benchmarks/results/select_fashionmnist.json; docs/quality.md reads it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-outputs/select_fashionmnist}
+PY=${PY:-.venv/bin/python}
+export OMP_NUM_THREADS=1
+ONE=(trainer.num_threads=1 trainer.progress_bar=false)
+# the 20-minute recipe's tokenizer settings, less the losses under test
+TOK=(experiment=tokenizer_fashionmnist_20min "${ONE[@]}")
+GPT=(experiment=gpt_fashionmnist_20min "${ONE[@]}" fid_samples=2000 fid.reference_split=val)
+
+tokenizer() {  # tokenizer NAME OVERRIDES...: train, then rFID-2k on the val split
+  local name=$1
+  shift
+  local dir=$OUT/$name
+  [ -e "$dir/done" ] || { $PY scripts/train_tokenizer.py "${TOK[@]}" "$@" hydra.run.dir="$dir" && touch "$dir/done"; }
+  [ -e "$OUT/eval_$name/eval.json" ] || $PY scripts/evaluate.py stage=tokenizer checkpoint_vae="$dir/checkpoints/last" \
+    fid.reference_split=val device=cpu hydra.run.dir="$OUT/eval_$name"
+}
+
+gpt() {  # gpt NAME TOKENIZER STEPS OVERRIDES...: train with FID-2k on the val split at its last step
+  local name=$1 tok=$2 steps=$3
+  shift 3
+  local dir=$OUT/$name
+  [ -e "$dir/done" ] || { $PY scripts/train_gpt.py "${GPT[@]}" checkpoint_vae="$OUT/$tok/checkpoints/last" \
+    trainer.max_steps="$steps" trainer.eval_every="$steps" trainer.sample_every="$steps" "$@" \
+    hydra.run.dir="$dir" && touch "$dir/done"; }
+}
+
+# 1. the tokenizer's losses at 1000 steps of 32: L1 alone; + LPIPS (AlexNet's, 1/30 of VGG's cost) and the PatchGAN
+# from step 500; + LPIPS (VGG's) and the PatchGAN; then AlexNet's at VGG's wall time (2200 steps, GAN from 1000)
+tokenizer t_l1 tokenizer.loss.perceptual_weight=0 tokenizer.loss.disc_start=1000000
+tokenizer t_alex_disc tokenizer.loss.perceptual_net=alex
+tokenizer t_vgg_disc
+tokenizer t_alex_disc_2200 tokenizer.loss.perceptual_net=alex tokenizer.loss.disc_start=1000 trainer.max_steps=2200 \
+  trainer.eval_every=2200 trainer.sample_every=2200 trainer.checkpoint_every=1100
+
+# 2. the GPT's shape at about equal time, over t_vgg_disc's codes
+gpt g_4x128_3500 t_vgg_disc 3500
+gpt g_6x192_1400 t_vgg_disc 1400 gpt.n_layer=6 gpt.n_head=6 gpt.n_embd=192
+
+$PY benchmarks/select_table.py "$OUT"
