@@ -6,6 +6,7 @@
 # The recipes' settings were chosen on dataset.val_size=2000 held-out training images (docs/quality.md).
 #   bash benchmarks/frontier_fashionmnist.sh              # every budget: 20min 1h 2h
 #   bash benchmarks/frontier_fashionmnist.sh 20min        # one; run it alone on the machine (its times are the point)
+#   TRAIN_ONLY=1 bash benchmarks/frontier_fashionmnist.sh 20min   # train, measure later (a second call)
 # Resumable: a finished stage is skipped, and a training that was stopped resumes from its last checkpoint.
 # Each stage's wall time goes to $OUT/<budget>/times.jsonl; benchmarks/frontier_table.py makes the JSON under
 # benchmarks/results/, README's table and the FID-against-hours plot.
@@ -15,6 +16,8 @@ OUT=${OUT:-outputs/frontier_fashionmnist}
 PY=${PY:-.venv/bin/python}
 BUDGETS=${*:-20min 1h 2h}
 DATA=(dataset=fashionmnist dataset.image_size=32 dataset.resize=pad dataset.val_size=2000)
+# How each budget's GPT samples, chosen by FID-2k on the val split (docs/quality.md)
+declare -A SAMPLING=([20min]="sampling.cfg_scale=null")
 
 stage() {  # stage DIR NAME COMMAND...: run it, append its wall time to DIR/times.jsonl
   local dir=$1 name=$2 start
@@ -35,7 +38,7 @@ train() {  # train DIR SCRIPT ARGS...: fresh, or resumed from DIR's last checkpo
 }
 
 CLS=$OUT/classifier
-[ -e "$CLS/done" ] || stage "$OUT" classifier train "$CLS" train_classifier.py "${DATA[@]}" trainer.max_steps=1500 \
+[ -e "$CLS/done" ] || stage "$OUT" classifier train "$CLS" train_classifier.py "${DATA[@]}" trainer.max_steps=1000 \
   trainer.num_threads=2
 
 for b in $BUDGETS; do
@@ -46,11 +49,12 @@ for b in $BUDGETS; do
     experiment="tokenizer_fashionmnist_$b"
   [ -e "$D/gpt/done" ] || stage "$D" gpt train "$D/gpt" train_gpt.py experiment="gpt_fashionmnist_$b" \
     checkpoint_vae="$VAE"
-  # the GPT's own sampling settings (its experiment's sampling.*, chosen on the val split) are the ones measured
+  [ -n "${TRAIN_ONLY:-}" ] && continue  # TRAIN_ONLY=1: the training stages alone (a machine to itself)
+  # shellcheck disable=SC2086  # SAMPLING holds a list of overrides
   [ -e "$D/eval_gpt/eval.json" ] || stage "$D" eval_gpt "$PY" scripts/evaluate.py stage=gpt checkpoint_vae="$VAE" \
-    checkpoint_gpt="$GPT" checkpoint_classifier="$CLS/checkpoints/last" fid.num_samples=10000 \
+    checkpoint_gpt="$GPT" checkpoint_classifier="$CLS/checkpoints/last" fid.num_samples=10000 ${SAMPLING[$b]:-} \
     hydra.run.dir="$D/eval_gpt"
   [ -e "$D/eval_tokenizer/eval.json" ] || stage "$D" eval_tokenizer "$PY" scripts/evaluate.py stage=tokenizer \
     checkpoint_vae="$VAE" hydra.run.dir="$D/eval_tokenizer"
 done
-$PY benchmarks/frontier_table.py "$OUT"
+[ -n "${TRAIN_ONLY:-}" ] || $PY benchmarks/frontier_table.py "$OUT"

@@ -2,15 +2,21 @@
 
     python benchmarks/tokenizer_speed.py               # -> benchmarks/results/tokenizer_speed.json
     python benchmarks/tokenizer_speed.py --steps 10 --runs 1 --out /tmp/t.json
+    python benchmarks/tokenizer_speed.py --experiment tokenizer_fashionmnist_20min --batch 32 \
+        --out benchmarks/results/tokenizer_speed_20min.json    # the 20-minute recipe's VQ-GAN (docs/quality.md)
 
 The VQ-GAN that `python scripts/train_tokenizer.py dataset=cifar10` trains (tokenizer=small, 32x32 RGB), here on
 the synthetic `patterns` data of the same size, so nothing is downloaded. Encode = `tokenize` (images -> codes),
 decode = `decode_tokens` (codes -> images), batch 64, eval mode, taking turns. Training = the library's
 `train_tokenizer()` (the script's loop: data, generator step, discriminator step) for `--steps` timed steps after
-`--warmup` steps, batch 64, in three settings:
-    l1         reconstruction loss and the quantizer's only (perceptual_weight=0, no discriminator)
-    lpips      + LPIPS perceptual loss (the default recipe before disc_start)
-    lpips_gan  + the patch discriminator from step 0 (the default recipe after disc_start)
+`--warmup` steps, batch 64, in five settings:
+    l1              reconstruction loss and the quantizer's only (perceptual_weight=0, no discriminator)
+    lpips           + LPIPS perceptual loss (the default recipe before disc_start)
+    lpips_gan       + the patch discriminator from step 0 (the default recipe after disc_start)
+    lpips_alex      LPIPS through AlexNet's trunk instead of VGG16's (tokenizer.loss.perceptual_net=alex)
+    lpips_alex_gan  the same + the discriminator
+`--experiment NAME` trains that experiment's tokenizer instead (its model and loss settings, patterns data of its
+image size and channels).
 Step time = the median interval between consecutive training steps; the settings take turns run by run.
 """
 
@@ -42,13 +48,19 @@ SETTINGS = {
     "l1": ["tokenizer.loss.perceptual_weight=0", "tokenizer.loss.disc_start=1000000"],
     "lpips": ["tokenizer.loss.perceptual_weight=1.0", "tokenizer.loss.disc_start=1000000"],
     "lpips_gan": ["tokenizer.loss.perceptual_weight=1.0", "tokenizer.loss.disc_start=0"],
+    "lpips_alex": ["tokenizer.loss.perceptual_weight=1.0", "tokenizer.loss.perceptual_net=alex",
+                   "tokenizer.loss.disc_start=1000000"],
+    "lpips_alex_gan": ["tokenizer.loss.perceptual_weight=1.0", "tokenizer.loss.perceptual_net=alex",
+                       "tokenizer.loss.disc_start=0"],
 }
 
 
 def base_overrides(args: argparse.Namespace) -> list[str]:
     steps = args.warmup + args.steps
-    return ["dataset=patterns", f"dataset.num_train={steps * args.batch}", "dataset.num_test=64",
-            f"tokenizer={args.tokenizer}", f"trainer.max_steps={steps}", f"trainer.batch_size={args.batch}",
+    model = [f"experiment={args.experiment}", "dataset.val_size=0"] if args.experiment else [
+        f"tokenizer={args.tokenizer}"]
+    return model + ["dataset=patterns", f"dataset.num_train={steps * args.batch}", "dataset.num_test=64",
+            f"trainer.max_steps={steps}", f"trainer.batch_size={args.batch}",
             f"trainer.device={args.device}", "trainer.num_workers=0", f"trainer.num_threads={args.threads}",
             f"trainer.log_every={steps}", f"trainer.eval_every={steps}", f"trainer.sample_every={steps}",
             f"trainer.checkpoint_every={steps}", "trainer.progress_bar=false", "logger=none"]
@@ -66,6 +78,7 @@ def train_seconds_per_step(overrides: list[str], runs_dir: Path, warmup: int) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokenizer", default="small", help="configs/tokenizer/<name>.yaml")
+    parser.add_argument("--experiment", help="configs/experiment/<name>.yaml instead of --tokenizer")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per run")
     parser.add_argument("--warmup", type=int, default=3, help="untimed training steps first")
@@ -106,7 +119,7 @@ def main() -> None:
     table = "\n".join(lines)
     print("\n" + table)
     write_result(args.out, started, {
-        "benchmark": "tokenizer_speed", "tokenizer": args.tokenizer, "batch": args.batch,
+        "benchmark": "tokenizer_speed", "tokenizer": args.tokenizer, "experiment": args.experiment, "batch": args.batch,
         "image": [run.tokenizer.in_channels, run.tokenizer.image_size, run.tokenizer.image_size],
         "params": sum(p.numel() for p in model.parameters()), "device": str(device), "threads": args.threads,
         "settings": SETTINGS, "results": rows, "table_markdown": table,

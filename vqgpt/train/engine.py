@@ -60,6 +60,7 @@ class Task(Protocol):
     modules: dict[str, nn.Module]
     optimizers: dict[str, torch.optim.Optimizer]
     train_set: Dataset
+    eval_split: str  # the split `evaluate` measures: "val" when the data holds images out, else "test"
 
     def train_step(self, engine: Engine, step: int) -> dict[str, Any]: ...
     def describe(self) -> str: ...
@@ -277,7 +278,7 @@ class Engine:
             results = task.evaluate(self.eval_model)
             self.logger.log(_scalars("val", results), step=done)
             (self.out_dir / "eval.json").write_text(json.dumps(results, indent=2))
-            self.say(f"test split: {task.summary(results)}")
+            self.say(f"{task.eval_split} split: {task.summary(results)}")
             self.say(f"checkpoint: {self.ckpt_dir}")
         self.logger.finish()
         self.barrier()

@@ -120,6 +120,7 @@ class FinetuneTask:
     """The GPT and a zero-initialised linear head, trained on cross-entropy + gen_weight x the GPT's own loss."""
 
     stage, arch = "gpt_classifier", "gpt_classifier"
+    eval_split = "test"  # classify.py's accuracy is the test split's, as the probe's
 
     def __init__(self, run: ClassifyRun, engine: Engine, gpt: Any, cache: Path, num_classes: int):
         self.train_set, self.test_set = TokenDataset(cache, "train"), TokenDataset(cache, "test")
