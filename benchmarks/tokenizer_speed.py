@@ -9,12 +9,14 @@ The VQ-GAN that `python scripts/train_tokenizer.py dataset=cifar10` trains (toke
 the synthetic `patterns` data of the same size, so nothing is downloaded. Encode = `tokenize` (images -> codes),
 decode = `decode_tokens` (codes -> images), batch 64, eval mode, taking turns. Training = the library's
 `train_tokenizer()` (the script's loop: data, generator step, discriminator step) for `--steps` timed steps after
-`--warmup` steps, batch 64, in five settings:
+`--warmup` steps, batch 64, in six settings:
     l1              reconstruction loss and the quantizer's only (perceptual_weight=0, no discriminator)
     lpips           + LPIPS perceptual loss (the default recipe before disc_start)
     lpips_gan       + the patch discriminator from step 0 (the default recipe after disc_start)
     lpips_alex      LPIPS through AlexNet's trunk instead of VGG16's (tokenizer.loss.perceptual_net=alex)
     lpips_alex_gan  the same + the discriminator
+    lpips_gan_channels_last  lpips_gan with trainer.channels_last=true (GroupNorm may convert layouts back and
+                    forth: measured, not assumed, before recommending it on a GPU)
 `--experiment NAME` trains that experiment's tokenizer instead (its model and loss settings, patterns data of its
 image size and channels).
 Step time = the median interval between consecutive training steps; the settings take turns run by run.
@@ -52,6 +54,8 @@ SETTINGS = {
                    "tokenizer.loss.disc_start=1000000"],
     "lpips_alex_gan": ["tokenizer.loss.perceptual_weight=1.0", "tokenizer.loss.perceptual_net=alex",
                        "tokenizer.loss.disc_start=0"],
+    "lpips_gan_channels_last": ["tokenizer.loss.perceptual_weight=1.0", "tokenizer.loss.disc_start=0",
+                                "trainer.channels_last=true"],
 }
 
 
