@@ -21,6 +21,8 @@ from vqgpt.eval.fid import fid_columns
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 PLOT = ROOT / "docs" / "images" / "frontier_fashionmnist.png"
+# The CPU recipe before the frontier (L1-only tokenizer, 2026-12-02): drawn grey for comparison, same protocol
+BEFORE = RESULTS / "quality_fashionmnist.json"
 ORDER = ("20min", "1h", "2h")  # the budgets, in the order of the table; others follow by name
 TRAIN_STAGES = ("tokenizer", "gpt")  # what a budget counts (evaluation and the shared classifier do not)
 
@@ -73,8 +75,17 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(result: dict, path: Path) -> None:
-    """FID-10k against training hours (tokenizer + GPT), one point per budget."""
+def before_point(path: Path = BEFORE) -> tuple[float, float] | None:
+    """(hours, FID-10k) of the old L1-only recipe, or None."""
+    if not path.is_file():
+        return None
+    old = json.loads(path.read_text())
+    fid = next(f["fid"] for f in old["fids"] if f["name"] == "FID (GPT)" and f["protocol"]["num_samples"] == 10000)
+    return (old["stages"]["tokenizer"]["seconds"] + old["stages"]["gpt"]["seconds"]) / 3600, fid
+
+
+def plot(result: dict, path: Path, before: tuple[float, float] | None = None) -> None:
+    """FID-10k against training hours (tokenizer + GPT), one point per budget; `before` drawn grey."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -84,7 +95,10 @@ def plot(result: dict, path: Path) -> None:
     hours = [sum(r["train_seconds"].values()) / 3600 for r in rows]
     fid = [r["fid"] for r in rows]
     fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
-    ax.plot(hours, fid, "o-", color="tab:blue")
+    ax.plot(hours, fid, "o-", color="tab:blue", label="frontier recipes")
+    if before is not None:
+        ax.plot(*before, "s", color="grey", label="before: L1-only tokenizer")
+        ax.legend(fontsize=8, loc="upper right")
     for h, f, r in zip(hours, fid, rows, strict=True):
         ax.annotate(f"{r['budget']}: {f:.1f}", (h, f), textcoords="offset points", xytext=(6, 6), fontsize=8)
     ax.axhline(rows[0]["noise_floor"], color="grey", ls=":", lw=1)
@@ -94,7 +108,7 @@ def plot(result: dict, path: Path) -> None:
     ax.set_ylabel("FID-10k (test split)")
     ax.set_title("Fashion-MNIST 32 px: FID against CPU training time", fontsize=9)
     ax.set_ylim(bottom=0)
-    ax.set_xlim(left=0)
+    ax.set_xlim(0, max(hours + [before[0] if before else 0]) * 1.3)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,7 +125,7 @@ def main() -> None:
     if not result["budgets"]:
         raise SystemExit(f"{args.out}: no budget has both evaluations yet (eval_tokenizer/, eval_gpt/)")
     args.json.write_text(json.dumps(result, indent=2) + "\n")
-    plot(result, args.plot)
+    plot(result, args.plot, before_point())
     print(markdown(result))
     print(f"\nwrote {args.json} and {args.plot}")
 

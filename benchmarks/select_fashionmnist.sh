@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # How the frontier recipes were chosen: every candidate trained on full Fashion-MNIST less dataset.val_size=2000
 # held-out training images, and measured on those 2,000 (rFID-2k for tokenizers, FID-2k of 2,000 class-balanced
-# samples for GPTs), never on the test split. One thread per run, so two runs share the 2 cores.
+# samples for GPTs), never on the test split. One thread per run (they ran two or three at a time, 2026-12-04).
 #   bash benchmarks/select_fashionmnist.sh                  # every run not done yet (resumable), then the table
-#   JOBS=1 bash benchmarks/select_fashionmnist.sh           # one run at a time
 # benchmarks/select_table.py writes benchmarks/results/select_fashionmnist.json; docs/quality.md reads it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,5 +43,12 @@ tokenizer t_alex_disc_2200 tokenizer.loss.perceptual_net=alex tokenizer.loss.dis
 # 2. the GPT's shape at about equal time, over t_vgg_disc's codes
 gpt g_4x128_3500 t_vgg_disc 3500
 gpt g_6x192_1400 t_vgg_disc 1400 gpt.n_layer=6 gpt.n_head=6 gpt.n_embd=192
+
+# 3. guidance, over g_4x128_3500 (its own run measured it without)
+for scale in 1.5 2.5; do
+  [ -e "$OUT/sweep_g_4x128_3500_cfg$scale/eval.json" ] || $PY scripts/evaluate.py stage=gpt device=cpu \
+    checkpoint_vae="$OUT/t_vgg_disc/checkpoints/last" checkpoint_gpt="$OUT/g_4x128_3500/checkpoints/last" \
+    fid.num_samples=2000 fid.reference_split=val sampling.cfg_scale=$scale hydra.run.dir="$OUT/sweep_g_4x128_3500_cfg$scale"
+done
 
 $PY benchmarks/select_table.py "$OUT"

@@ -3,8 +3,9 @@
     python benchmarks/select_table.py outputs/select_fashionmnist
 
 Tokenizers: rFID-2k, PSNR, SSIM, LPIPS of evaluate.py on the val split (eval_<name>/eval.json). GPTs: FID-2k of
-train_gpt.py's last evaluation on the val split (<name>/eval.json), with its val loss and size. Every number is
-on the 2,000 held-out training images, none on the test split.
+train_gpt.py's last evaluation on the val split (<name>/eval.json), with its val loss and size; sampling sweeps:
+evaluate.py's FID-2k on the val split (sweep_<name>/eval.json). Every FID is against the 2,000 held-out training
+images, none against the test split.
 """
 
 from __future__ import annotations
@@ -46,6 +47,19 @@ def gpt_rows(out: Path) -> list[dict]:
     return rows
 
 
+def sweep_rows(out: Path) -> list[dict]:
+    """evaluate.py's FID-2k of a GPT at other sampling settings (sweep_<gpt>_<what>/eval.json)."""
+    rows = []
+    for path in sorted(out.glob("sweep_*/eval.json")):
+        result = json.loads(path.read_text())
+        cfg = yaml.safe_load((path.parent / "config.yaml").read_text())
+        for sample in result["samples"]:
+            rows.append({"name": path.parent.name, "gpt": Path(cfg["checkpoint_gpt"]).parent.parent.name,
+                         "sampling": cfg["sampling"], "cfg_scale": sample["cfg_scale"], "fid": sample["fid"],
+                         "protocol": sample["protocol"]})
+    return rows
+
+
 def markdown(result: dict) -> str:
     lines = ["| tokenizer run | steps | rFID-2k | PSNR dB | SSIM | LPIPS |", "|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['name']} | {r['steps']} | {r['rfid']:.2f} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['lpips']:.3f} |"
@@ -53,6 +67,8 @@ def markdown(result: dict) -> str:
     lines += ["", "| GPT run | over | shape | steps | FID-2k | val nats/token |", "|---|---|---|---:|---:|---:|"]
     lines += [f"| {r['name']} | {r['tokenizer']} | {r['shape']} | {r['steps']} | {r['fid']:.2f} | {r['loss']:.3f} |"
               for r in result["gpts"]]
+    lines += ["", "| sampling run | GPT | cfg_scale | FID-2k |", "|---|---|---:|---:|"]
+    lines += [f"| {r['name']} | {r['gpt']} | {r['cfg_scale']} | {r['fid']:.2f} |" for r in result["sweeps"]]
     return "\n".join(lines)
 
 
@@ -62,7 +78,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=RESULTS_DIR / "select_fashionmnist.json")
     args = parser.parse_args()
     result = {"machine": machine_line(), "split": "val (dataset.val_size=2000)",
-              "tokenizers": tokenizer_rows(args.out), "gpts": gpt_rows(args.out)}
+              "tokenizers": tokenizer_rows(args.out), "gpts": gpt_rows(args.out), "sweeps": sweep_rows(args.out)}
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(markdown(result))
     print(f"\nwrote {args.json}")
