@@ -39,6 +39,7 @@ from bench_common import (  # noqa: E402
 )
 
 from vqgpt.config import GPTConfig  # noqa: E402
+from vqgpt.device import autocast, native_bf16  # noqa: E402
 from vqgpt.generate.sampling import generate, generate_nocache  # noqa: E402
 from vqgpt.models.gpt import GPT  # noqa: E402
 
@@ -88,12 +89,34 @@ def check_agreement(model: GPT, hf) -> dict:
 
 @torch.no_grad()
 def hf_generate(model: GPT, hf, batch: int, do_sample: bool = True) -> torch.Tensor:
-    """(B, T) tokens from transformers' `generate` with its KV cache, started from our start embedding."""
+    """(B, T) tokens from transformers' `generate` with its KV cache, started from our start embedding, in the
+    precision vqgpt samples in (bf16 autocast on a GPU that has it, fp32 elsewhere)."""
     length = model.config.block_size
-    return hf.generate(inputs_embeds=start_embeds(model, batch),
-                       attention_mask=torch.ones(batch, 1, dtype=torch.long),
-                       do_sample=do_sample, top_k=None, top_p=None, temperature=None, use_cache=True,
-                       max_new_tokens=length, min_new_tokens=length, pad_token_id=0)
+    device = model.transformer.wte.weight.device
+    with autocast(device, "auto"):
+        return hf.generate(inputs_embeds=start_embeds(model, batch),
+                           attention_mask=torch.ones(batch, 1, dtype=torch.long, device=device),
+                           do_sample=do_sample, top_k=None, top_p=None, temperature=None, use_cache=True,
+                           max_new_tokens=length, min_new_tokens=length, pad_token_id=0)
+
+
+def copy_bandwidth(device: torch.device, runs: int, megabytes: int = 256) -> float:
+    """Bytes per second that one device copy moves (each byte read once and written once): the memory bandwidth
+    a decode step can at best use."""
+    src = torch.ones(megabytes * 2**20 // 4, device=device)
+    dst = torch.empty_like(src)
+    seconds = median(interleaved({"copy": lambda: dst.copy_(src)}, max(runs, 3), device)["copy"])
+    return 2 * src.numel() * src.element_size() / seconds
+
+
+def decode_bound(model: GPT, batch: int, bandwidth: float, bytes_per_number: int) -> float:
+    """Tokens/s if every decode step only read the weights once (the tied embedding counted once, as the output
+    layer reads it whole) and each sequence's keys and values so far (half the block on average), at `bandwidth`:
+    the ceiling of batch-1 decoding, which is bound by memory traffic, not arithmetic."""
+    c = model.config
+    weights = sum(p.numel() for p in model.parameters())
+    kv_cache = batch * (c.block_size / 2) * c.n_layer * 2 * c.n_embd
+    return batch * bandwidth / ((weights + kv_cache) * bytes_per_number)
 
 
 def main() -> None:
@@ -130,6 +153,10 @@ def main() -> None:
     conditional = GPT(dataclasses.replace(model.config, num_classes=10)).to(device).eval()
     conditional.load_state_dict({**model.state_dict(), "transformer.wce.weight": conditional.transformer.wce.weight})
 
+    bandwidth = copy_bandwidth(device, args.runs)
+    # sampling runs in bf16 on a GPU that has it natively (vqgpt.device.autocast), fp32 elsewhere
+    bytes_per_number = 2 if device.type == "cuda" and native_bf16() else 4
+    print(f"copy bandwidth: {bandwidth / 1e9:.1f} GB/s")
     rows = []
     for batch in args.batches:
         cases = {"vqgpt": lambda b=batch: generate(model, b, seed=0),
@@ -144,13 +171,15 @@ def main() -> None:
         row = {"batch": batch, "seconds": times, "median_seconds": med,
                "tokens_per_second": {n: batch * args.tokens / s for n, s in med.items()},
                "images_per_second": {n: batch / s for n, s in med.items()},
-               "vqgpt_speedup_vs": {n: s / med["vqgpt"] for n, s in med.items() if n != "vqgpt"}}
+               "vqgpt_speedup_vs": {n: s / med["vqgpt"] for n, s in med.items() if n != "vqgpt"},
+               "bandwidth_bound_tokens_per_second": decode_bound(model, batch, bandwidth, bytes_per_number)}
         rows.append(row)
         print(f"batch {batch}: " + ", ".join(f"{n} {row['tokens_per_second'][n]:.0f} tok/s" for n in med)
               + "; vqgpt is " + ", ".join(f"{r:.2f}x {n}" for n, r in row["vqgpt_speedup_vs"].items()))
 
     lines = ["| batch | vqgpt tok/s | compiled tok/s | HF tok/s | re-forward tok/s | vqgpt vs HF | compiled vs HF "
-             "| vqgpt vs re-forward | cfg time |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| vqgpt vs re-forward | cfg time | bandwidth bound tok/s | vqgpt of bound |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         tps = row["tokens_per_second"]
         rate = {name: f"{tps[name]:.0f}" if name in tps else "-" for name in ("compiled", "reforward")}
@@ -160,14 +189,16 @@ def main() -> None:
         cfg_cost = row["median_seconds"]["cfg"] / row["median_seconds"]["vqgpt"]
         lines.append(f"| {row['batch']} | {tps['vqgpt']:.0f} | {rate['compiled']} | {tps['hf']:.0f} | "
                      f"{rate['reforward']} | {ratio['vqgpt']} | {ratio['compiled']} | {vs_reforward} | "
-                     f"{cfg_cost:.2f}x |")
+                     f"{cfg_cost:.2f}x | {row['bandwidth_bound_tokens_per_second']:.0f} | "
+                     f"{tps['vqgpt'] / row['bandwidth_bound_tokens_per_second']:.0%} |")
     table = "\n".join(lines)
     print("\n" + table)
     write_result(args.out, started, {
         "benchmark": "sampling_speed",
         "model": {"n_layer": args.layers, "n_embd": args.width, "n_head": args.heads, "vocab_size": args.vocab,
                   "block_size": args.tokens, "params": sum(p.numel() for p in model.parameters())},
-        "device": str(device), "threads": args.threads, "runs": args.runs, "dtype": "float32",
+        "device": str(device), "threads": args.threads, "runs": args.runs,
+        "dtype": "bfloat16" if bytes_per_number == 2 else "float32", "copy_bandwidth_bytes_per_second": bandwidth,
         "sampling": "temperature 1, no top-k/top-p, unconditional",
         "agreement": agreement, "results": rows, "table_markdown": table,
     }, packages=("transformers",))
