@@ -98,7 +98,8 @@ def plot(result: dict, path: Path, before: tuple[float, float] | None = None) ->
     ax.plot(hours, fid, "o-", color="tab:blue", label="frontier recipes")
     if before is not None:
         ax.plot(*before, "s", color="grey", label="before: L1-only tokenizer")
-        ax.legend(fontsize=8, loc="upper right")
+        ax.annotate(f"{before[1]:.1f}", before, textcoords="offset points", xytext=(6, -12), fontsize=8, color="grey")
+    ax.legend(fontsize=8, loc="lower right")
     for h, f, r in zip(hours, fid, rows, strict=True):
         ax.annotate(f"{r['budget']}: {f:.1f}", (h, f), textcoords="offset points", xytext=(6, 6), fontsize=8)
     ax.axhline(rows[0]["noise_floor"], color="grey", ls=":", lw=1)
@@ -107,7 +108,7 @@ def plot(result: dict, path: Path, before: tuple[float, float] | None = None) ->
     ax.set_xlabel(f"training hours ({result['machine'].split(',')[0]})")
     ax.set_ylabel("FID-10k (test split)")
     ax.set_title("Fashion-MNIST 32 px: FID against CPU training time", fontsize=9)
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, max(fid + [before[1] if before else 0]) * 1.15)
     ax.set_xlim(0, max(hours + [before[0] if before else 0]) * 1.3)
     ax.grid(alpha=0.3)
     fig.tight_layout()
