@@ -33,7 +33,7 @@ gpt() {  # gpt NAME TOKENIZER STEPS OVERRIDES...: train with FID-2k on the val s
 }
 
 # 1. the tokenizer's losses at 1000 steps of 32: L1 alone; + LPIPS (AlexNet's, 1/30 of VGG's cost) and the PatchGAN
-# from step 500; + LPIPS (VGG's) and the PatchGAN; then AlexNet's at VGG's wall time (2200 steps, GAN from 1000)
+# from step 500; + LPIPS (VGG's) and the PatchGAN; then AlexNet's for 2200 steps (GAN from 1000; 1.3x VGG's compute)
 tokenizer t_l1 tokenizer.loss.perceptual_weight=0 tokenizer.loss.disc_start=1000000
 tokenizer t_alex_disc tokenizer.loss.perceptual_net=alex
 tokenizer t_vgg_disc
