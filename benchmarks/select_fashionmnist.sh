@@ -51,4 +51,13 @@ for scale in 1.5 2.5; do
     fid.num_samples=2000 fid.reference_split=val sampling.cfg_scale=$scale hydra.run.dir="$OUT/sweep_g_4x128_3500_cfg$scale"
 done
 
+# 4. the seed spread of the 20-minute recipe's GPT, over the frontier run's tokenizer: its own GPT (seed 0) and a
+# second one trained with seed 1, both measured by FID-2k on the val split
+F=${FRONTIER:-outputs/frontier_fashionmnist/20min}
+[ -e "$OUT/sweep_g_20min_seed0/eval.json" ] || $PY scripts/evaluate.py stage=gpt device=cpu \
+  checkpoint_vae="$F/tokenizer/checkpoints/last" checkpoint_gpt="$F/gpt/checkpoints/last" fid.num_samples=2000 \
+  fid.reference_split=val hydra.run.dir="$OUT/sweep_g_20min_seed0"
+[ -e "$OUT/g_20min_seed1/done" ] || { $PY scripts/train_gpt.py "${GPT[@]}" checkpoint_vae="$F/tokenizer/checkpoints/last" \
+  trainer.seed=1 trainer.eval_every=3500 hydra.run.dir="$OUT/g_20min_seed1" && touch "$OUT/g_20min_seed1/done"; }
+
 $PY benchmarks/select_table.py "$OUT"
