@@ -424,7 +424,7 @@ class InspectDataRun:
     """`scripts/inspect_data.py`: load a dataset, print what it holds, save a grid of its images."""
 
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    split: str = "train"
+    split: str = "train"  # train | val (dataset.val_size images held out of train) | test
     num_images: int = 64  # shown in the grid
     max_images: int | None = 10000  # statistics over at most this many images; None = all
     batch_size: int = 256
