@@ -60,4 +60,11 @@ F=${FRONTIER:-outputs/frontier_fashionmnist/20min}
 [ -e "$OUT/g_20min_seed1/done" ] || { $PY scripts/train_gpt.py "${GPT[@]}" checkpoint_vae="$F/tokenizer/checkpoints/last" \
   trainer.seed=1 trainer.eval_every=3500 hydra.run.dir="$OUT/g_20min_seed1" && touch "$OUT/g_20min_seed1/done"; }
 
+# 5. the 1-hour budget (about 3x the 20-minute recipe's compute): its tokenizer for 3500 steps (the GAN from 1000),
+# then the GPT's shape at about equal time over its codes: 4x128 for 11,000 steps against 6x192 for 4,500
+tokenizer t_vgg_disc_3500 tokenizer.loss.disc_start=1000 trainer.max_steps=3500 trainer.eval_every=3500 \
+  trainer.sample_every=3500
+gpt g1h_4x128_11000 t_vgg_disc_3500 11000
+gpt g1h_6x192_4500 t_vgg_disc_3500 4500 gpt.n_layer=6 gpt.n_head=6 gpt.n_embd=192
+
 $PY benchmarks/select_table.py "$OUT"

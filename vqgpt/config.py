@@ -183,7 +183,7 @@ class PatchConfig(TokenizerConfig):
 class GPTConfig:
     """Decoder-only transformer over token grids; vocab and block size come from the tokenizer."""
 
-    name: str = "gpt"
+    name: str = "gpt"  # gpt: raster order, one token at a time | maskgit: masked, a few parallel steps (index tokens)
     # Facts of the tokenizer, filled by train_gpt.py from its checkpoint before the model is built
     # (0 = not set yet); never typed in a YAML.
     vocab_size: int = 0  # K, the tokenizer's codebook size (0 for continuous tokens)
@@ -200,6 +200,7 @@ class GPTConfig:
     tie_weights: bool = True  # the output head shares the token embedding matrix (index tokens only)
     class_dropout: float = 0.1  # label dropout, so classifier-free guidance works
     head: str = "gaussian"  # continuous tokens only: gaussian (mean and std per number, NLL) | mse (the mean)
+    mask_schedule: str = "cosine"  # maskgit only: the share of tokens a training step masks (cosine | linear | square)
 
 
 @dataclass
@@ -221,7 +222,7 @@ class GPTClassifierConfig:
 
     name: str = "gpt_classifier"
     gpt: GPTConfig = field(default_factory=GPTConfig)  # the pretrained GPT's own config
-    gpt_arch: str = "gpt"  # gpt | patch_gpt: which model `gpt` builds
+    gpt_arch: str = "gpt"  # gpt | patch_gpt | maskgit: which model `gpt` builds
     num_classes: int = 10
 
 
@@ -292,6 +293,11 @@ class SamplingOptions:
     class_label: str | None = None  # index or name; None = every class in turn
     accept_n: int | None = None  # classifier rejection: best of N candidates per image; None or 1 = off
     compile: bool = False  # torch.compile the decode step (static KV cache shapes); the first batch compiles
+    quantize: str | None = None  # int8: the raster GPT's Linear layers as dynamic int8 (CPU); None = as trained
+    # A masked GPT (gpt.name=maskgit) only; None = its defaults (8, cosine, 4.5)
+    steps: int | None = None  # parallel decoding steps
+    schedule: str | None = None  # cosine | linear | square: the share still masked after each step
+    confidence_noise: float | None = None  # Gumbel noise on the confidence, annealed to 0 (MaskGIT's 4.5)
 
 
 @dataclass

@@ -30,8 +30,9 @@ def test_loss(model: nn.Module, loader: DataLoader, device: torch.device, condit
 def loss_metrics(gpt: nn.Module, loss: float, image_dims: int) -> dict[str, float]:
     """A test loss with the units it is read in: nats/token, bits/token and bits/dim (bits per sub-pixel of the
     token stream: the image's channels x height x width) for index tokens; a patch GPT's loss is per number
-    (its Gaussian NLL without the constant, or its MSE) and has no bits to count."""
-    if not gpt.is_discrete:
+    (its Gaussian NLL without the constant, or its MSE) and has no bits to count, nor has a masked model's (a
+    cross-entropy on the tokens its draw masked: not a likelihood of the image)."""
+    if not gpt.is_discrete or not gpt.causal:
         return {"loss": loss}
     bits_per_token = loss / math.log(2)
     return {"loss": loss, "bits_per_token": bits_per_token,

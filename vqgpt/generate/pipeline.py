@@ -13,13 +13,15 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
 from vqgpt.checkpoint import checkpoint_hash, load_checkpoint, read_meta
 from vqgpt.config import SampleRun, SamplingOptions
-from vqgpt.errors import UserError, argument_prefix
+from vqgpt.errors import ArgumentError, UserError, argument_prefix
+from vqgpt.generate.masked import DEFAULT_NOISE, DEFAULT_STEPS, check_masked_args, generate_masked
 from vqgpt.generate.sampling import check_sampling_args, generate, resolve_class
 from vqgpt.models.image_classifier import best_of, class_scores
 from vqgpt.tokenizers import Tokenizer
@@ -76,11 +78,29 @@ def check_classifier(classifier: nn.Module, tokenizer: Tokenizer, gpt: nn.Module
                         f"{gpt.config.num_classes}; train the classifier on the GPT's dataset")
 
 
-def check_sample_run(run: SampleRun, vocab_size: int, num_classes: int) -> None:
-    """Every sampling option, checked against a GPT's vocabulary and classes (one-line UserErrors)."""
+def check_decoding_options(s: SamplingOptions, masked: bool) -> None:
+    """Refuse an option of the other decoding order (ArgumentErrors; config-facing callers prefix `sampling.`)."""
+    if masked:
+        check_masked_args(s.steps or DEFAULT_STEPS, s.schedule or "cosine",
+                          DEFAULT_NOISE if s.confidence_noise is None else s.confidence_noise)
+        if s.compile:
+            raise ArgumentError("compile", s.compile, "it compiles a raster GPT's one-token decode step, and a masked "
+                                "GPT runs a few whole-grid passes instead: leave it false")
+    else:
+        for key in ("steps", "schedule", "confidence_noise"):
+            if getattr(s, key) is not None:
+                raise ArgumentError(key, getattr(s, key), "only a masked GPT (gpt.name=maskgit) takes it; this one "
+                                    "is raster-order, one token per step: leave it null")
+    if s.quantize not in (None, "int8"):
+        raise ArgumentError("quantize", s.quantize, "must be int8 (dynamic int8 Linear layers, CPU) or null (off)")
+
+
+def check_sample_run(run: SampleRun, vocab_size: int, num_classes: int, masked: bool = False) -> None:
+    """Every sampling option, checked against a GPT's vocabulary, classes and order (one-line UserErrors)."""
     s = run.sampling
     with argument_prefix("sampling."):
         check_sampling_args(vocab_size, s.temperature, s.top_k, s.top_p, s.cfg_scale, num_classes)
+        check_decoding_options(s, masked)
     for key, value in (("sampling.num_samples", s.num_samples), ("batch_size", run.batch_size),
                        ("gif_samples", run.gif_samples), ("completion_images", run.completion_images),
                        ("completion_samples", run.completion_samples)):
@@ -106,7 +126,7 @@ def check_sample_request(run: SampleRun) -> None:
     meta = read_meta(run.checkpoint_gpt, expected_stage="gpt")
     config = meta["model_config"]
     num_classes = config.get("num_classes") or 0
-    check_sample_run(run, config.get("vocab_size", 0), num_classes)
+    check_sample_run(run, config.get("vocab_size", 0), num_classes, masked=meta.get("arch") == "maskgit")
     resolve_class(run.sampling.class_label, meta.get("class_names"), num_classes)
 
 
@@ -122,7 +142,7 @@ def load_models(run: SampleRun, device: torch.device) -> Models:
     if gpt.weights == "ema":
         log.info(f"{run.checkpoint_gpt}: sampling with its EMA weights (ema=false for the raw ones)")
     check_pair(tok.model, gpt.model, run.checkpoint_vae, run.checkpoint_gpt)
-    check_sample_run(run, gpt.model.config.vocab_size, gpt.model.config.num_classes)
+    check_sample_run(run, gpt.model.config.vocab_size, gpt.model.config.num_classes, not gpt.model.causal)
     hashes = {key: checkpoint_hash(getattr(run, key)) for key in ("checkpoint_vae", "checkpoint_gpt")}
     saved_hash = gpt.meta.get("tokenizer_hash")
     if saved_hash and saved_hash != hashes["checkpoint_vae"]:  # same shapes, other weights
@@ -141,10 +161,17 @@ def load_models(run: SampleRun, device: torch.device) -> Models:
 # Sampling
 
 
-def sample_kwargs(s: SamplingOptions) -> dict:
-    """The options `generate` takes from SamplingOptions (all but seed, class_label, accept_n)."""
-    return {"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p, "cfg_scale": s.cfg_scale,
-            "compile": s.compile}
+def draw_tokens(gpt: nn.Module, num: int, cond: torch.Tensor | None, s: SamplingOptions, seed: int | None = None,
+                **extra: Any) -> torch.Tensor:
+    """(num, block_size) tokens by the GPT's own order: `generate` (raster) or `generate_masked` (masked), with the
+    options of `s` that apply to it; seed None = s.seed; `extra` (prefix, callback, known and region) passes on."""
+    common = {"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p, "cfg_scale": s.cfg_scale,
+              "seed": s.seed if seed is None else seed}
+    if gpt.causal:
+        return generate(gpt, num, cond=cond, compile=s.compile, **common, **extra)
+    return generate_masked(gpt, num, cond=cond, steps=s.steps or DEFAULT_STEPS, schedule=s.schedule or "cosine",
+                           confidence_noise=DEFAULT_NOISE if s.confidence_noise is None else s.confidence_noise,
+                           **common, **extra)
 
 
 @torch.no_grad()
@@ -162,7 +189,7 @@ def sample_tokens(gpt: nn.Module, cond: torch.Tensor | None, num: int, s: Sampli
     for i, start in enumerate(range(0, num, batch_size)):
         n = min(batch_size, num - start)
         chunk = None if cond is None else cond[start:start + n]
-        out.append(generate(gpt, n, cond=chunk, seed=s.seed + i, **sample_kwargs(s)))
+        out.append(draw_tokens(gpt, n, chunk, s, seed=s.seed + i))
     return torch.cat(out)
 
 
@@ -245,10 +272,19 @@ def decoding_frames(models: Models, cond: torch.Tensor | None, num: int, s: Samp
 
     The rest is filled with the model's best guess for the newest position (the argmax of the latest logits, or
     a patch GPT's predicted mean): a neutral, image-like background rather than the arbitrary code 0, and cheap
-    (no extra forward passes).
+    (no extra forward passes). A masked GPT gives one grid per decoding step (`every` does not apply), each
+    still-masked position filled with that step's argmax there.
     """
     block_size = models.gpt.config.block_size
     grids: list[torch.Tensor] = []
+    if not models.gpt.causal:
+        mask_token = models.gpt.mask_token
+
+        def record_step(step: int, tokens: torch.Tensor, logits: torch.Tensor) -> None:
+            grids.append(torch.where(tokens == mask_token, logits.argmax(dim=-1), tokens))
+
+        draw_tokens(models.gpt, num, cond, s, callback=record_step)
+        return grids
 
     def record(step: int, tokens: torch.Tensor, logits: torch.Tensor) -> None:
         done = step + 1
@@ -259,7 +295,7 @@ def decoding_frames(models: Models, cond: torch.Tensor | None, num: int, s: Samp
         grid[:, :done] = tokens
         grids.append(grid)
 
-    generate(models.gpt, num, cond=cond, seed=s.seed, callback=record, **sample_kwargs(s))
+    draw_tokens(models.gpt, num, cond, s, callback=record)
     return grids
 
 
@@ -283,7 +319,7 @@ def complete(models: Models, images: torch.Tensor, labels: torch.Tensor | None, 
     real = models.tokenizer.tokenize(images)  # (B, h, w)
     prefix = completion_prefix(real).repeat_interleave(num, dim=0)
     cond = None if labels is None else labels.repeat_interleave(num)
-    tokens = generate(models.gpt, len(prefix), cond=cond, seed=s.seed, prefix=prefix, **sample_kwargs(s))
+    tokens = draw_tokens(models.gpt, len(prefix), cond, s, prefix=prefix)
     return real, tokens.view(len(images), num, h, w, *tokens.shape[2:])
 
 

@@ -39,6 +39,7 @@ from vqgpt.generate.pipeline import (
     Models,
     as_labels,
     check_classifier,
+    check_decoding_options,
     check_pair,
     completion_rows,
     sample_images,
@@ -144,6 +145,7 @@ class Pipeline:
         s = SamplingOptions(**kwargs)
         check_sampling_args(self.gpt.config.vocab_size, s.temperature, s.top_k, s.top_p, s.cfg_scale,
                             self.gpt.config.num_classes)
+        check_decoding_options(s, masked=not self.gpt.causal)
         return s
 
     def _labels(self, class_labels: Any, num_images: int | None) -> list[int] | None:

@@ -258,6 +258,9 @@ def generate(
     compile: the decode step through torch.compile with static shapes (`model.decode_static`), compiled once
     per model and batch size; it equals the eager step within float tolerance.
     """
+    if not model.causal:
+        raise ValueError("a masked model (gpt.name=maskgit) decodes in parallel steps: sample it with "
+                         "vqgpt.generate.masked.generate_masked")
     if not use_cache:
         return generate_nocache(model, num_samples, cond, temperature, top_k, top_p, cfg_scale, seed, prefix,
                                 callback=callback)

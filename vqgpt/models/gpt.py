@@ -16,12 +16,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqgpt.config import GPTConfig
-from vqgpt.models.transformer import CausalTransformer
+from vqgpt.models.transformer import Transformer
 from vqgpt.registry import register_model
 
 
 @register_model("gpt", GPTConfig)
-class GPT(CausalTransformer):
+class GPT(Transformer):
     """The transformer core with a token embedding table in and logits over the vocabulary out."""
 
     def __init__(self, config: GPTConfig):

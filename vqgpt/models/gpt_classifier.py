@@ -31,7 +31,11 @@ class GPTClassifier(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokens (B, T[, D]) -> class logits (B, num_classes) and the GPT's mean loss on them."""
-        x = self.gpt.embed_sequence(None, tokens[:, :-1])  # (B, T, C)
-        hidden = self.gpt.hidden_states(x)  # (B, T, C), after the final LayerNorm
-        return self.head(hidden.mean(dim=1)), self.gpt.loss(self.gpt.output(hidden), tokens)
+        """Tokens (B, T[, D]) -> class logits (B, num_classes) and the GPT's mean loss on them (a masked model's on
+        a second pass, with a drawn share of the tokens masked: on whole grids it would have nothing to predict)."""
+        hidden = self.gpt.hidden_states(self.gpt.feature_input(tokens))  # (B, T or T + 1, C), after ln_f
+        if self.gpt.causal:
+            gen_loss = self.gpt.loss(self.gpt.output(hidden), tokens)
+        else:
+            gen_loss = self.gpt(tokens, None, targets=tokens)[1]
+        return self.head(hidden.mean(dim=1)), gen_loss

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from vqgpt.config import GPTConfig
-from vqgpt.models.transformer import CausalTransformer
+from vqgpt.models.transformer import Transformer
 from vqgpt.registry import register_model
 
 # The data are 8-bit images in [-1, 1]: a standard deviation below half a grey level (1/255) says nothing
@@ -30,7 +30,7 @@ MAX_LOG_STD = math.log(2.0)
 
 
 @register_model("patch_gpt", GPTConfig)
-class PatchGPT(CausalTransformer):
+class PatchGPT(Transformer):
     """The transformer core with a linear patch embedding in and a Gaussian (or MSE) patch head out."""
 
     def __init__(self, config: GPTConfig):

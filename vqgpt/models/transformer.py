@@ -1,5 +1,6 @@
-"""The transformer core every autoregressive image model here shares: blocks, causal attention, the KV cache,
-and `CausalTransformer`, the decoder stack with its condition token and learned positions.
+"""The transformer core every image model here shares: blocks, self-attention, the KV cache, and `Transformer`,
+the stack with its condition token and learned positions: causal for the raster-order models, bidirectional
+for the masked one.
 
 nanoGPT's blocks (Karpathy), with the sequence started by a condition token: a learned start token
 (unconditional) or a class token (class-conditional, LlamaGen / Sun et al. 2024). A model on top says only how a
@@ -8,6 +9,7 @@ comes out (`output`: logits over a codebook, or a patch's distribution):
 
     GPT       (models/gpt.py)        indices of a VQ-GAN or a pixel palette -> softmax over the vocabulary
     PatchGPT  (models/patch_gpt.py)  continuous patch vectors -> the next patch (MSE or a Gaussian)
+    MaskGIT   (models/maskgit.py)    indices, some replaced by [MASK] -> softmax at every position (bidirectional)
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from vqgpt.config import GPTConfig
 from vqgpt.errors import ArgumentError
 
 HEADS = ("gaussian", "mse")  # what a patch GPT predicts (vqgpt/models/patch_gpt.py)
+ORDERS = ("gpt", "maskgit")  # gpt.name: raster order (models/gpt.py, models/patch_gpt.py) or masked (models/maskgit.py)
+SCHEDULES = ("cosine", "linear", "square")  # a masked model's share of masked tokens (models/maskgit.py)
 
 
 def check_gpt_config(cfg: GPTConfig) -> None:
@@ -54,6 +58,13 @@ def check_gpt_config(cfg: GPTConfig) -> None:
             raise bad(f"§{key}={getattr(cfg, key)} must be in [0, 1)")
     if cfg.head not in HEADS:
         raise bad(f"§head={cfg.head!r} is not one of {', '.join(HEADS)}")
+    if cfg.name not in ORDERS:
+        raise bad(f"§name={cfg.name!r} is not one of {', '.join(ORDERS)} (raster order, or masked parallel decoding)")
+    if cfg.name == "maskgit" and cfg.vocab_size < 1:
+        raise bad("§name=maskgit predicts masked index tokens, and this tokenizer makes continuous ones; use a VQ "
+                  "tokenizer, or gpt.name=gpt")
+    if cfg.mask_schedule not in SCHEDULES:
+        raise bad(f"§mask_schedule={cfg.mask_schedule!r} is not one of {', '.join(SCHEDULES)}")
 
 # ---------------------------------------------------------------------------------------------------------
 # Building blocks
@@ -95,11 +106,13 @@ class KVCache:
         return self.k, self.v
 
 
-class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention through F.scaled_dot_product_attention (flash kernels on GPU)."""
+class SelfAttention(nn.Module):
+    """Multi-head self-attention through F.scaled_dot_product_attention (flash kernels on GPU), causal unless
+    `causal=False` (the masked model, which sees every position)."""
 
-    def __init__(self, config: GPTConfig):
+    def __init__(self, config: GPTConfig, causal: bool = True):
         super().__init__()
+        self.causal = causal
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         self.dropout = config.dropout
@@ -124,7 +137,7 @@ class CausalSelfAttention(nn.Module):
         # A call of several tokens always starts at position 0 (forward, prefill), so the mask is the plain
         # lower triangle; a one-token decode attends to every key so far, which needs no mask at all.
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
-                                           is_causal=length > 1)  # (B, nh, L, hd)
+                                           is_causal=self.causal and length > 1)  # (B, nh, L, hd)
         y = y.transpose(1, 2).reshape(batch, length, width)
         return self.resid_dropout(self.c_proj(y))
 
@@ -144,10 +157,10 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
 
-    def __init__(self, config: GPTConfig):
+    def __init__(self, config: GPTConfig, causal: bool = True):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.attn = CausalSelfAttention(config)
+        self.attn = SelfAttention(config, causal)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
@@ -158,31 +171,34 @@ class Block(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The decoder stack
+# The stack
 
 
-class CausalTransformer(nn.Module):
+class Transformer(nn.Module):
     """Token embedding + condition token + learned positions -> n_layer blocks -> final LayerNorm; a subclass
     adds its output layer (`output`) and calls `init_weights()` once it is built.
 
-    input   [cond, x_0, x_1, ..., x_{T-2}]
-    predict [x_0,  x_1, x_2, ..., x_{T-1}]          T = block_size = h * w of the tokenizer's grid
+    causal (GPT, PatchGPT):    input   [cond, x_0, x_1, ..., x_{T-2}]
+                               predict [x_0,  x_1, x_2, ..., x_{T-1}]      T = block_size = h * w of the grid
+    bidirectional (MaskGIT):   input   [cond, x_0 or [MASK], ..., x_{T-1} or [MASK]]   (T + 1 positions)
+                               predict [-,    x_0,           ..., x_{T-1}]
     """
 
-    def __init__(self, config: GPTConfig, token_embedding: Callable[[GPTConfig], nn.Module]):
+    def __init__(self, config: GPTConfig, token_embedding: Callable[[GPTConfig], nn.Module], causal: bool = True):
         """`token_embedding(config)` builds how a token goes in; it runs after the config is checked."""
         super().__init__()
         check_gpt_config(config)
         self.config = config
+        self.causal = causal
         self.transformer = nn.ModuleDict(dict(
             wte=token_embedding(config),  # image tokens
             # One row per class plus a last "null" row: the unconditional token. It is the start token of an
             # unconditional model (num_classes = 0), and what label dropout and classifier-free guidance feed
             # a conditional one (Ho & Salimans 2022, "Classifier-Free Diffusion Guidance").
             wce=nn.Embedding(config.num_classes + 1, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size + (0 if causal else 1), config.n_embd),
             drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            h=nn.ModuleList([Block(config, causal) for _ in range(config.n_layer)]),
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
         ))
 
@@ -257,6 +273,11 @@ class CausalTransformer(nn.Module):
             if layers is not None and i + 1 in layers:
                 kept.append(x)
         return kept if layers is not None else self.transformer.ln_f(x)
+
+    def feature_input(self, tokens: torch.Tensor) -> torch.Tensor:
+        """What the model reads of whole token grids (B, T[, D]) with no class, embedded (the linear probe's input):
+        a causal model every token but the last (it predicts nothing inside the block), a masked one all of them."""
+        return self.embed_sequence(None, tokens[:, :-1] if self.causal else tokens)
 
     def embed_sequence(self, cond: torch.Tensor | None, tokens: torch.Tensor) -> torch.Tensor:
         """[cond, tokens_0, ..., tokens_{L-1}] embedded: (B, 1 + L, C)."""

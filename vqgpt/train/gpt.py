@@ -23,10 +23,11 @@ from vqgpt.data.token_cache import TokenDataset, eval_split, prepare_token_cache
 from vqgpt.errors import UserError, argument_prefix
 from vqgpt.eval.evaluate import balanced_labels, build_fid, sample_fid
 from vqgpt.eval.likelihood import loss_metrics, test_loss
-from vqgpt.generate.pipeline import Models, class_grid
+from vqgpt.generate.pipeline import Models, check_decoding_options, class_grid
 from vqgpt.generate.sampling import check_sampling_args
 from vqgpt.images import save_grid
 from vqgpt.models.gpt import GPT
+from vqgpt.models.maskgit import MaskGIT
 from vqgpt.models.patch_gpt import PatchGPT
 from vqgpt.train.engine import Engine
 
@@ -92,9 +93,10 @@ class GPTTask:
         engine.check_data(self.train_set)
         self.test_loader = DataLoader(self.test_set, batch_size=t.batch_size, num_workers=t.num_workers)
         self.config = gpt_config(run, header, header["data"]["num_classes"])
-        self.arch = "gpt" if self.config.vocab_size else "patch_gpt"
+        self.arch = self.config.name if self.config.vocab_size else "patch_gpt"
         with argument_prefix("gpt."):  # the command line's name for its config
-            self.model = (GPT if self.config.vocab_size else PatchGPT)(self.config).to(device)
+            model_cls = {"gpt": GPT, "maskgit": MaskGIT, "patch_gpt": PatchGPT}.get(self.arch, GPT)  # GPT: checks name
+            self.model = model_cls(self.config).to(device)
         self.conditional = self.config.num_classes > 0
         self.net = engine.prepare(self.model)
         self.modules = {"model": self.model}
@@ -110,13 +112,15 @@ class GPTTask:
         with argument_prefix("sampling."):
             check_sampling_args(self.config.vocab_size, s.temperature, s.top_k, s.top_p, s.cfg_scale,
                                 self.config.num_classes)
+            check_decoding_options(s, masked=not self.model.causal)
         self.data_config = header.get("data_config")
 
     def describe(self) -> str:
         h, w = self.meta["latent_grid"]
         n_params = sum(p.numel() for p in self.model.parameters())
         tokens = f"K={self.config.vocab_size}" if self.model.is_discrete else f"patches of {self.config.token_dim}"
-        model = "GPT" if self.model.is_discrete else f"PatchGPT ({self.config.head} head)"
+        model = {"gpt": "GPT", "maskgit": "MaskGIT (masked, bidirectional)"}.get(self.arch,
+                                                                                f"PatchGPT ({self.config.head} head)")
         return (f"{self.meta['dataset']}: {len(self.train_set)} train / {len(self.test_set)} {self.eval_split} "
                 f"token grids of {h}x{w}, {tokens}; {model} {n_params / 1e6:.2f}M params, "
                 f"{'class-conditional' if self.conditional else 'unconditional'}")
@@ -160,6 +164,8 @@ class GPTTask:
         if not self.model.is_discrete:
             unit = "MSE" if self.config.head == "mse" else "Gaussian NLL, nats/number"
             return f"{results['loss']:.4f} ({unit}){fid}"
+        if not self.model.causal:  # a cross-entropy on the masked tokens, not a likelihood of the image
+            return f"{results['loss']:.4f} nats per masked token (not a likelihood: no bits/dim){fid}"
         return (f"{results['loss']:.4f} nats/token, {results['bits_per_token']:.4f} bits/token (uniform: "
                 f"{math.log(self.config.vocab_size):.4f} nats), {results['bits_per_dim']:.4f} bits/dim{fid}")
 

@@ -27,7 +27,7 @@ from vqgpt.data.token_cache import TokenDataset, prepare_token_cache, read_heade
 from vqgpt.device import pick_device, set_threads
 from vqgpt.errors import UserError
 from vqgpt.models.gpt_classifier import GPTClassifier
-from vqgpt.models.transformer import CausalTransformer
+from vqgpt.models.transformer import Transformer
 from vqgpt.progress import progress
 from vqgpt.train.engine import Engine
 
@@ -43,13 +43,13 @@ def random_subset(dataset: Dataset, num: int | None, seed: int) -> Dataset:
 
 
 @torch.no_grad()
-def pooled_features(gpt: CausalTransformer, dataset: Dataset, layers: list[int], batch_size: int,
+def pooled_features(gpt: Transformer, dataset: Dataset, layers: list[int], batch_size: int,
                     device: torch.device) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
     """{layer: (N, C) block outputs averaged over positions}, and the (N,) labels, from one pass per batch."""
     features: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     labels = []
     for tokens, y in progress(DataLoader(dataset, batch_size=batch_size), desc="features"):
-        x = gpt.embed_sequence(None, tokens[:, :-1].to(device))  # the null class token starts every sequence
+        x = gpt.feature_input(tokens.to(device))  # the null class token starts every sequence
         for layer, hidden in zip(layers, gpt.hidden_states(x, layers=layers), strict=True):
             features[layer].append(hidden.float().mean(dim=1).cpu())
         labels.append(y)
@@ -84,7 +84,7 @@ def accuracy(linear: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor) -> float
         return (linear(x).argmax(dim=1) == y).float().mean().item()
 
 
-def linear_probe(run: ClassifyRun, gpt: CausalTransformer, cache: Path, num_classes: int,
+def linear_probe(run: ClassifyRun, gpt: Transformer, cache: Path, num_classes: int,
                  device: torch.device) -> dict[str, Any]:
     """Probe every asked block: fit on the train images minus a held-out part, pick the block by held-out
     accuracy, refit it on all the train images and report its test accuracy (and every block's)."""
