@@ -279,3 +279,83 @@ def test_a_raster_option_on_a_masked_checkpoint_is_one_line_before_anything_is_w
                      "sampling.compile=true", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert "sampling.compile=True is invalid: it compiles a raster GPT's" in one_error_line(out)
     assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Editing
+
+
+@pytest.fixture(scope="module")
+def edit_ckpts(tmp_path_factory):
+    """tok/ (8x8 px -> 4x4 tokens, K=32), maskgit/ and gpt/ (raster) that fit it."""
+    from conftest import PATTERNS, make_gpt, make_tokenizer
+
+    from vqgpt.data import dataset_info
+
+    root = tmp_path_factory.mktemp("edit")
+    make_tokenizer(root / "tok")
+    make_gpt(root / "gpt")
+    model = tiny_maskgit(vocab_size=32, block_size=16, num_classes=6)
+    meta = {**dataset_info(PATTERNS), "vocab_size": 32, "block_size": 16, "latent_grid": [4, 4]}
+    save_checkpoint(root / "maskgit", model, stage="gpt", arch="maskgit", meta=meta, step=0)
+    return root
+
+
+def load_pair(root, gpt: str):
+    from vqgpt.config import SampleRun
+    from vqgpt.generate.pipeline import load_models
+
+    return load_models(SampleRun(checkpoint_vae=str(root / "tok"), checkpoint_gpt=str(root / gpt)),
+                       torch.device("cpu"))
+
+
+@pytest.mark.parametrize("gpt", ["maskgit", "gpt"])
+def test_editing_keeps_every_token_and_pixel_outside_the_redrawn_cells(edit_ckpts, gpt):
+    from vqgpt.generate.edit import box_region, edit_images, edit_tokens, token_cells
+    from vqgpt.generate.pipeline import decode
+
+    models = load_pair(edit_ckpts, gpt)
+    images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    region = box_region([3, 2, 6, 5], 8).expand(2, -1, -1)  # pixels 3..5 x 2..4: token cells (1..2) x (1..2)
+    cells = token_cells(region, 2).flatten(1)
+    assert cells[0].nonzero().flatten().tolist() == [5, 6, 9, 10]
+    labels = torch.tensor([1, 4])
+    real, edits, drawn = edit_tokens(models, images, region, labels, 3, SamplingOptions(seed=0))
+    expected = cells if gpt == "maskgit" else torch.arange(16).expand(2, -1) >= 5  # raster: from the first on
+    assert torch.equal(drawn, expected)
+    kept = ~drawn[:, None].expand(-1, 3, -1)  # (B, num, T)
+    assert torch.equal(edits[kept], real[:, None].expand(-1, 3, -1)[kept])
+    edited, pixel_cells = edit_images(models, images, region, labels, 3, SamplingOptions(seed=0))
+    assert edited.shape == (2, 3, 3, 8, 8) and pixel_cells.shape == (2, 1, 8, 8)
+    assert (pixel_cells[:, 0] | ~region).all()  # the cells cover the region
+    reconstruction = decode(models.tokenizer, real)
+    outside = ~pixel_cells[:, None].expand_as(edited)
+    assert torch.equal(edited[outside], reconstruction[:, None].expand_as(edited)[outside])
+
+
+def test_edit_script_writes_the_figure_from_a_box_and_from_a_mask_png(edit_ckpts, tmp_path, run_script):
+    from PIL import Image
+
+    ckpts = [f"checkpoint_vae={edit_ckpts / 'tok'}", f"checkpoint_gpt={edit_ckpts / 'maskgit'}", "device=cpu"]
+    out = run_script("edit.py", *ckpts, "box=[0,0,8,4]", "test_images=2", "num_variations=3", "class_label=2",
+                     f"hydra.run.dir={tmp_path / 'box'}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert Image.open(tmp_path / "box" / "edit.png").size == (5 * 10 + 2, 2 * 10 + 2)  # input, mask, 3 edits
+    assert len(list((tmp_path / "box" / "edits").glob("*.png"))) == 6
+    Image.new("RGB", (20, 20), "red").save(tmp_path / "in.png")
+    mask = Image.new("L", (20, 20), 0)
+    mask.paste(255, (10, 10, 20, 20))
+    mask.save(tmp_path / "mask.png")
+    out = run_script("edit.py", *ckpts, f"images=[{tmp_path / 'in.png'}]", f"mask={tmp_path / 'mask.png'}",
+                     "num_variations=2", f"hydra.run.dir={tmp_path / 'mask'}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert Image.open(tmp_path / "mask" / "edit.png").size == (4 * 10 + 2, 10 + 2)
+
+
+def test_edit_without_a_region_is_one_line_and_writes_nothing(edit_ckpts, tmp_path, run_script):
+    from conftest import one_error_line
+
+    out = run_script("edit.py", f"checkpoint_vae={edit_ckpts / 'tok'}", f"checkpoint_gpt={edit_ckpts / 'maskgit'}",
+                     f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert "pass the region to re-draw: mask=<png>" in one_error_line(out)
+    assert not (tmp_path / "run").exists()

@@ -377,6 +377,24 @@ class SampleRun:
 
 
 @dataclass
+class EditRun:
+    """`scripts/edit.py`: re-draw a region of real images, keep the rest (docs/masked.md)."""
+
+    checkpoint_vae: str | None = None
+    checkpoint_gpt: str | None = None  # a masked GPT draws exactly the region; a raster one all after its start
+    images: list[str] | None = None  # image files (resized to the tokenizer's size); None = test_images of its data
+    test_images: int = 4  # images=null: this many of the tokenizer's test split, spread out
+    mask: str | None = None  # a PNG: the region is where it is not black (resized to the tokenizer's size)
+    box: list[int] | None = None  # or [x0, y0, x1, y1] in pixels of the tokenizer's image size (x1, y1 excluded)
+    class_label: str | None = None  # draw the region as this class; None = each test image's own (files: no class)
+    num_variations: int = 4  # edits per image (columns after input and mask)
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    ema: bool = True
+    device: str = "auto"
+    out_dir: str = "."
+
+
+@dataclass
 class EvaluateRun:
     """`scripts/evaluate.py`: a tokenizer's reconstructions or a GPT's samples, measured on the test split."""
 
@@ -442,6 +460,7 @@ SCHEMAS = {
     "train_tokenizer_schema": TrainTokenizerRun,
     "train_gpt_schema": TrainGPTRun,
     "sample_schema": SampleRun,
+    "edit_schema": EditRun,
     "evaluate_schema": EvaluateRun,
     "train_classifier_schema": TrainClassifierRun,
     "classify_schema": ClassifyRun,

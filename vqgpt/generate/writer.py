@@ -1,5 +1,6 @@
 """What scripts/sample.py writes, around the in-memory pipeline (pipeline.py): one PNG per image and the grid
-(resumable: a rerun into the same run dir draws only what is missing), the decoding GIF and the completion figure.
+(resumable: a rerun into the same run dir draws only what is missing), the decoding GIF and the completion figure;
+and what scripts/edit.py writes around edit.py.
 
     models = load_models(run, device)
     plan = plan_outputs(run, models)            # decided once; a bad class label is refused here
@@ -17,16 +18,19 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 from torchvision.utils import make_grid, save_image
 
-from vqgpt.config import DatasetConfig, SampleRun, dataclass_from_dict
+from vqgpt.config import DatasetConfig, EditRun, SampleRun, SamplingConfig, dataclass_from_dict
 from vqgpt.data import build_dataset
 from vqgpt.errors import UserError
+from vqgpt.generate.edit import box_region, edit_images, edit_rows
 from vqgpt.generate.pipeline import (
     Models,
+    check_sample_request,
     completion_rows,
     decode,
     decoding_frames,
@@ -35,7 +39,7 @@ from vqgpt.generate.pipeline import (
     sample_images,
 )
 from vqgpt.generate.sampling import resolve_class
-from vqgpt.images import save_grid, to_unit
+from vqgpt.images import save_grid, to_model_space, to_pil, to_unit
 from vqgpt.progress import progress
 
 GRID_MAX = 16  # samples.png shows at most this many images per class row (at most GRID_MAX**2 in a square)
@@ -202,6 +206,63 @@ def completion_figure(run: SampleRun, models: Models, out_dir: Path) -> Path:
     labels = torch.tensor([test_set[i][1] for i in picks.tolist()], device=device)
     rows = completion_rows(models, images, labels, run.completion_samples, run.sampling)
     return save_grid(rows, out_dir / "completion.png", nrow=run.completion_samples + 2)
+
+
+def edit_request(run: EditRun) -> SampleRun:
+    """edit.py's checks that need no weights (the region's source, the files), and the SampleRun it loads with."""
+    if (run.mask is None) == (run.box is None):
+        raise UserError("pass the region to re-draw: mask=<png> (where it is not black) or box=[x0,y0,x1,y1] (pixels), "
+                        "one of the two")
+    for path in [*(run.images or []), *([run.mask] if run.mask else [])]:
+        if not Path(path).is_file():
+            raise UserError(f"{path}: no such image file")
+    if run.num_variations < 1 or (run.images is None and run.test_images < 1):
+        raise UserError("num_variations and test_images must be positive integers")
+    sample = SampleRun(checkpoint_vae=run.checkpoint_vae, checkpoint_gpt=run.checkpoint_gpt, ema=run.ema,
+                       sampling=SamplingConfig(**dataclasses.asdict(run.sampling)), device=run.device)
+    check_sample_request(sample)
+    return sample
+
+
+def edit_inputs(run: EditRun, models: Models) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The images (B, C, H, W) in [-1, 1], their pixel regions (B, H, W) bool and class labels (B,) (None for an
+    unconditional GPT; the null class for a file with no class_label)."""
+    t, device = models.tokenizer, next(models.gpt.parameters()).device
+    size = (t.image_size, t.image_size)
+    labels = None
+    if run.images:
+        pictures = [Image.open(path) for path in run.images]
+        images = to_model_space([p.resize(size, Image.BICUBIC) for p in pictures], t.channels)
+    else:
+        test_set = build_dataset(dataclass_from_dict(DatasetConfig, models.data_config), "test", train=False)
+        picks = torch.linspace(0, len(test_set) - 1, min(run.test_images, len(test_set))).long().tolist()
+        images = torch.stack([test_set[i][0] for i in picks])
+        labels = [test_set[i][1] for i in picks]
+    if run.mask:
+        mask = Image.open(run.mask).convert("L").resize(size, Image.NEAREST)
+        region = torch.from_numpy(np.asarray(mask) > 0)
+    else:
+        region = box_region(run.box, t.image_size)
+    num_classes = models.gpt.config.num_classes
+    if not num_classes:
+        return images.to(device), region.expand(len(images), -1, -1).to(device), None
+    if run.class_label is not None:
+        labels = [resolve_class(run.class_label, models.class_names, num_classes)] * len(images)
+    elif labels is None:
+        labels = [models.gpt.null_class] * len(images)  # a file's class is not known: unconditional
+    return images.to(device), region.expand(len(images), -1, -1).to(device), torch.tensor(labels, device=device)
+
+
+def write_edit(run: EditRun, models: Models, out_dir: Path) -> list[Path]:
+    """edit.png (per image: input | re-drawn cells grey | variations) and edits/<image>_<j>.png."""
+    images, region, labels = edit_inputs(run, models)
+    edited, cells = edit_images(models, images, region, labels, run.num_variations, run.sampling)
+    paths = [save_grid(edit_rows(images, edited, cells), out_dir / "edit.png", nrow=run.num_variations + 2)]
+    (out_dir / "edits").mkdir(parents=True, exist_ok=True)
+    for i, row in enumerate(to_pil(edited.flatten(0, 1))):
+        path = out_dir / "edits" / f"{i // run.num_variations}_{i % run.num_variations}.png"
+        row.save(path)
+    return [*paths, out_dir / "edits"]
 
 
 def write_outputs(run: SampleRun, models: Models, out_dir: Path, plan: Plan) -> list[Path]:
