@@ -22,6 +22,7 @@ from vqgpt.checkpoint import checkpoint_hash, load_checkpoint, read_meta
 from vqgpt.config import SampleRun, SamplingOptions
 from vqgpt.errors import ArgumentError, UserError, argument_prefix
 from vqgpt.generate.masked import DEFAULT_NOISE, DEFAULT_STEPS, check_masked_args, generate_masked
+from vqgpt.generate.quantize import quantize_int8
 from vqgpt.generate.sampling import check_sampling_args, generate, resolve_class
 from vqgpt.models.image_classifier import best_of, class_scores
 from vqgpt.tokenizers import Tokenizer
@@ -148,7 +149,8 @@ def load_models(run: SampleRun, device: torch.device) -> Models:
     if saved_hash and saved_hash != hashes["checkpoint_vae"]:  # same shapes, other weights
         log.warning(f"{run.checkpoint_gpt} was trained on codes of another tokenizer than {run.checkpoint_vae} "
                     "(the weights differ); samples may be noise")
-    models = Models(tok.model, gpt.model, gpt.meta.get("class_names"), tok.meta.get("data_config"), hashes=hashes)
+    gpt_model = quantize_int8(gpt.model) if run.sampling.quantize == "int8" else gpt.model
+    models = Models(tok.model, gpt_model, gpt.meta.get("class_names"), tok.meta.get("data_config"), hashes=hashes)
     if run.checkpoint_classifier and (run.sampling.accept_n or 1) > 1:
         classifier = load_checkpoint(run.checkpoint_classifier, expected_stage="classifier", map_location=device)
         check_classifier(classifier.model, tok.model, gpt.model, run.checkpoint_classifier)

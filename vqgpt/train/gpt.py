@@ -76,6 +76,11 @@ class GPTTask:
         t, device = run.trainer, engine.device
         if run.fid_samples < 0 or run.fid_samples == 1:
             raise UserError(f"fid_samples={run.fid_samples}: FID needs at least 2 samples (or 0 for off)")
+        with argument_prefix("sampling."):  # before the token cache is built: a refused run does nothing
+            check_decoding_options(run.sampling, masked=run.gpt.name == "maskgit")
+        if run.sampling.quantize is not None:
+            raise UserError(f"sampling.quantize={run.sampling.quantize} samples a trained checkpoint (sample.py, "
+                            "evaluate.py); training's pictures and FID use the weights being trained: leave it null")
         vae_path = run.checkpoint_vae or newest_tokenizer()
         if engine.resume is not None:  # refuse a resume onto another tokenizer's tokens before tokenizing anything
             trained_on = read_meta(engine.resume, expected_stage="gpt").get("tokenizer_hash")
@@ -112,7 +117,7 @@ class GPTTask:
         with argument_prefix("sampling."):
             check_sampling_args(self.config.vocab_size, s.temperature, s.top_k, s.top_p, s.cfg_scale,
                                 self.config.num_classes)
-            check_decoding_options(s, masked=not self.model.causal)
+
         self.data_config = header.get("data_config")
 
     def describe(self) -> str:
