@@ -14,13 +14,17 @@ fp32), plain sampling (temperature 1, no top-k/top-p). The cases:
     reforward  generate_nocache: the whole sequence again for every token (the seeds' loop; the test oracle)
     hf         transformers' GPT2LMHeadModel.generate(use_cache=True, do_sample=True) with vqgpt's weights copied
                in; the start token goes in as `inputs_embeds`, so both models see the same numbers
+    int8       (--int8, CPU) vqgpt with sampling.quantize=int8: every Linear as torch's dynamic int8 Linear
+    hf_int8    (--int8) the same quantization of the HF twin (its Conv1D layers turned into Linear first)
 Before timing, the logits of both models on the same tokens must agree (max |diff| printed) and greedy decoding
 must give the same tokens. The cases take turns run by run, in one process, one thread by default; medians.
+int8's quality on a trained GPT (token agreement, FID-2k): benchmarks/masked_fashionmnist.sh.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import sys
 from pathlib import Path
@@ -40,6 +44,7 @@ from bench_common import (  # noqa: E402
 
 from vqgpt.config import GPTConfig  # noqa: E402
 from vqgpt.device import autocast, native_bf16  # noqa: E402
+from vqgpt.generate.quantize import quantize_int8  # noqa: E402
 from vqgpt.generate.sampling import generate, generate_nocache  # noqa: E402
 from vqgpt.models.gpt import GPT  # noqa: E402
 
@@ -66,6 +71,23 @@ def hf_twin(model: GPT):
             new[name] = torch.zeros_like(value) if name.endswith(".bias") else value
     hf.load_state_dict(new, strict=True)
     return hf.eval()
+
+
+def hf_int8(hf):
+    """The HF twin with torch's dynamic int8 Linear layers, as `quantize_int8` makes ours: its Conv1D layers (a
+    Linear with the weight stored transposed) become nn.Linear first, which quantize_dynamic knows."""
+    from transformers.pytorch_utils import Conv1D
+
+    hf = copy.deepcopy(hf)
+    for parent in list(hf.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, Conv1D):
+                linear = torch.nn.Linear(*child.weight.shape, bias=child.bias is not None)
+                linear.weight.data = child.weight.data.t().contiguous()
+                if child.bias is not None:
+                    linear.bias.data = child.bias.data.clone()
+                setattr(parent, name, linear)
+    return quantize_int8(hf)
 
 
 def start_embeds(model: GPT, batch: int) -> torch.Tensor:
@@ -125,6 +147,7 @@ def main() -> None:
     parser.add_argument("--reforward-batches", type=int, nargs="*", default=[1],
                         help="batches that also time the re-forward loop (default 1: at 64 it takes minutes a run)")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip the compiled case")
+    parser.add_argument("--int8", action="store_true", help="also time int8 sampling, ours and HF's (CPU)")
     parser.add_argument("--runs", type=int, default=5, help="timed runs per case (medians reported)")
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--width", type=int, default=512)
@@ -153,6 +176,15 @@ def main() -> None:
     conditional = GPT(dataclasses.replace(model.config, num_classes=10)).to(device).eval()
     conditional.load_state_dict({**model.state_dict(), "transformer.wce.weight": conditional.transformer.wce.weight})
 
+    if args.int8:
+        model_int8, hf_q = quantize_int8(model), hf_int8(hf)
+        with torch.no_grad():
+            tokens = torch.randint(0, args.vocab, (2, args.tokens), generator=torch.Generator().manual_seed(0))
+            embeds = torch.cat([start_embeds(model, 2), model.transformer.wte(tokens[:, :-1])], dim=1)
+            ours, theirs, full = model_int8(tokens)[0], hf_q(inputs_embeds=embeds).logits, model(tokens)[0]
+        agreement["int8_max_abs_logit_diff"] = (ours - theirs).abs().max().item()  # the same quantization
+        agreement["int8_argmax_agreement_with_fp32"] = (ours.argmax(-1) == full.argmax(-1)).float().mean().item()
+        print(f"int8: {agreement}")
     bandwidth = copy_bandwidth(device, args.runs)
     # sampling runs in bf16 on a GPU that has it natively (vqgpt.device.autocast), fp32 elsewhere
     bytes_per_number = 2 if device.type == "cuda" and native_bf16() else 4
@@ -164,6 +196,9 @@ def main() -> None:
         if args.compile:
             cases["compiled"] = lambda b=batch: generate(model, b, seed=0, compile=True)
         cases["cfg"] = lambda b=batch: generate(conditional, b, cond=0, cfg_scale=2.0, seed=0)
+        if args.int8:
+            cases["int8"] = lambda b=batch: generate(model_int8, b, seed=0)
+            cases["hf_int8"] = lambda b=batch: hf_generate(model, hf_q, b)
         if batch in args.reforward_batches:
             cases["reforward"] = lambda b=batch: generate_nocache(model, b, seed=0)
         times = interleaved(cases, args.runs, device)
@@ -191,6 +226,14 @@ def main() -> None:
                      f"{rate['reforward']} | {ratio['vqgpt']} | {ratio['compiled']} | {vs_reforward} | "
                      f"{cfg_cost:.2f}x | {row['bandwidth_bound_tokens_per_second']:.0f} | "
                      f"{tps['vqgpt'] / row['bandwidth_bound_tokens_per_second']:.0%} |")
+    if args.int8:
+        lines += ["", "| batch | int8 tok/s | HF int8 tok/s | int8 vs HF fp32 | int8 vs HF int8 | int8 vs vqgpt fp32 |",
+                  "|---:|---:|---:|---:|---:|---:|"]
+        for row in rows:
+            tps = row["tokens_per_second"]
+            lines.append(f"| {row['batch']} | {tps['int8']:.0f} | {tps['hf_int8']:.0f} | "
+                         f"{tps['int8'] / tps['hf']:.2f}x | {tps['int8'] / tps['hf_int8']:.2f}x | "
+                         f"{tps['int8'] / tps['vqgpt']:.2f}x |")
     table = "\n".join(lines)
     print("\n" + table)
     write_result(args.out, started, {

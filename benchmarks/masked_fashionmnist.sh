@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# README's masked-vs-raster table on full Fashion-MNIST (apt-get install dataset-fashion-mnist), over the 20-minute
+# recipe's tokenizer (benchmarks/frontier_fashionmnist.sh 20min first): its raster GPT against a MaskGIT of the
+# same size, steps and batch (experiment=gpt_fashionmnist_20min_maskgit), and the raster GPT sampled in int8.
+#   1. train the masked GPT (resumable; 1 thread)
+#   2. FID-10k on the test split with class accuracy, 8 steps (the raster GPT's is the frontier's)
+#   3. FID-2k on the val split against decoding steps 4, 8, 12, 16; and the raster GPT's in int8 (fp32's: select
+#      section 4, the same seed and samples)
+#   4. images/s at batch 1 and 64 and int8's token agreement (benchmarks/masked_speed.py): run it alone
+# benchmarks/masked_table.py writes benchmarks/results/masked_fashionmnist.json and the table.
+#   bash benchmarks/masked_fashionmnist.sh        # about 1 h on a 2-core CPU
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+F=${FRONTIER:-outputs/frontier_fashionmnist/20min}
+OUT=${OUT:-$F/masked}
+VAE=$F/tokenizer/checkpoints/last
+RASTER=$F/gpt/checkpoints/last
+MASKED=$OUT/gpt/checkpoints/last
+CLS=${CLS:-outputs/frontier_fashionmnist/classifier/checkpoints/last}
+VAL=(fid.num_samples=2000 fid.reference_split=val device=cpu)
+export OMP_NUM_THREADS=1
+
+[ -e "$OUT/gpt/done" ] || { $PY scripts/train_gpt.py experiment=gpt_fashionmnist_20min_maskgit checkpoint_vae="$VAE" \
+  trainer.num_threads=1 trainer.progress_bar=false hydra.run.dir="$OUT/gpt" && touch "$OUT/gpt/done"; }
+[ -e "$OUT/eval_test/eval.json" ] || $PY scripts/evaluate.py stage=gpt checkpoint_vae="$VAE" checkpoint_gpt="$MASKED" \
+  checkpoint_classifier="$CLS" fid.num_samples=10000 hydra.run.dir="$OUT/eval_test"
+for steps in 4 8 12 16; do
+  [ -e "$OUT/val_steps$steps/eval.json" ] || $PY scripts/evaluate.py stage=gpt checkpoint_vae="$VAE" \
+    checkpoint_gpt="$MASKED" sampling.steps=$steps "${VAL[@]}" hydra.run.dir="$OUT/val_steps$steps"
+done
+[ -e "$OUT/val_raster_int8/eval.json" ] || $PY scripts/evaluate.py stage=gpt checkpoint_vae="$VAE" \
+  checkpoint_gpt="$RASTER" sampling.quantize=int8 "${VAL[@]}" hydra.run.dir="$OUT/val_raster_int8"
+[ -e "$OUT/speed.json" ] || $PY benchmarks/masked_speed.py --vae "$VAE" --raster "$RASTER" --masked "$MASKED" \
+  --out "$OUT/speed.json"
+$PY benchmarks/masked_table.py "$OUT"
