@@ -1,5 +1,5 @@
-"""PatchGPT (continuous patches): causality, the KV-cache path against the no-cache oracle, both heads, and the
-whole GPT stage and sampling pipeline through tokenizer=patch."""
+"""PatchGPT (continuous patches): causality, the KV-cache path against the no-cache oracle, every head, and the
+whole GPT stage and sampling pipeline through tokenizer=patch. The heads' own maths: tests/test_heads.py."""
 
 from __future__ import annotations
 
@@ -22,13 +22,17 @@ from vqgpt.train.gpt import train_gpt
 D = 12  # 2x2 RGB patches
 
 
+HEADS = ["gaussian", "mse", "mixture", "diffusion"]
+
+
 def model(head: str = "gaussian", num_classes: int = 3) -> PatchGPT:
     torch.manual_seed(0)
-    cfg = GPTConfig(token_dim=D, block_size=9, num_classes=num_classes, n_layer=2, n_head=2, n_embd=16, head=head)
+    cfg = GPTConfig(token_dim=D, block_size=9, num_classes=num_classes, n_layer=2, n_head=2, n_embd=16, head=head,
+                    num_mixtures=3, diffusion_width=16, diffusion_depth=2)
     return PatchGPT(cfg).eval()
 
 
-@pytest.mark.parametrize("head", ["gaussian", "mse"])
+@pytest.mark.parametrize("head", HEADS)
 def test_changing_patch_t_never_changes_predictions_before_t(head):
     gpt = model(head)
     x = torch.randn(2, 9, D)
@@ -41,10 +45,11 @@ def test_changing_patch_t_never_changes_predictions_before_t(head):
         assert not torch.allclose(out[:, t + 1:], changed[:, t + 1:])
 
 
-@pytest.mark.parametrize("head, cfg_scale", [("gaussian", None), ("gaussian", 2.0), ("mse", None)])
+@pytest.mark.parametrize("head, cfg_scale", [("gaussian", None), ("gaussian", 2.0), ("mse", None), ("mixture", None),
+                                             ("mixture", 2.0), ("diffusion", None), ("diffusion", 2.0)])
 def test_kv_cache_generation_equals_the_no_cache_oracle(head, cfg_scale):
     gpt = model(head)
-    kwargs = dict(cond=torch.tensor([1, 0, 2]), temperature=0.7, cfg_scale=cfg_scale, seed=3)
+    kwargs = dict(cond=torch.tensor([1, 0, 2]), temperature=0.7, cfg_scale=cfg_scale, seed=3, denoising_steps=5)
     fast = generate(gpt, 3, **kwargs)
     slow = generate_nocache(gpt, 3, **kwargs)
     assert fast.shape == (3, 9, D) and fast.dtype == torch.float
@@ -55,7 +60,7 @@ def test_kv_cache_generation_equals_the_no_cache_oracle(head, cfg_scale):
     torch.testing.assert_close(completed, generate_nocache(gpt, 3, prefix=prefix, **kwargs), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("head", ["gaussian", "mse"])
+@pytest.mark.parametrize("head", ["gaussian", "mse", "mixture"])
 def test_the_head_predicts_in_fp32_under_bf16_autocast(head):
     """The transformer may run in bf16 (a GPU's autocast); the predicted patch stays fp32 (8 mantissa bits would
     be coarser than the pixels), equal to the head applied to the bf16 hidden states in fp32."""
@@ -102,14 +107,16 @@ def test_token_filters_are_refused_for_patches():
 DATA = DatasetConfig(name="patterns", image_size=8, channels=3, num_classes=6, num_train=32, num_test=8)
 
 
-def test_the_gpt_stage_and_every_sampling_output_run_on_patches(tmp_path):
+@pytest.mark.parametrize("head", ["gaussian", "mixture", "diffusion"])
+def test_the_gpt_stage_and_every_sampling_output_run_on_patches(tmp_path, head):
     tok = PatchTokenizer(PatchConfig(in_channels=3, image_size=8, patch_size=2))
     meta = {**dataset_info(DATA), **tok.checkpoint_meta(), "data_config": dataclasses.asdict(DATA)}
     save_checkpoint(tmp_path / "tok", tok, stage="tokenizer", arch="patch", meta=meta, step=0)
     trainer = TrainerConfig(max_steps=3, batch_size=8, warmup_steps=1, device="cpu", num_workers=0, log_every=1,
                             eval_every=10, sample_every=3, checkpoint_every=3, progress_bar=False)
-    run = TrainGPTRun(checkpoint_vae=str(tmp_path / "tok"), gpt=GPTConfig(n_layer=1, n_head=2, n_embd=16),
-                      trainer=trainer)
+    run = TrainGPTRun(checkpoint_vae=str(tmp_path / "tok"), gpt=GPTConfig(n_layer=1, n_head=2, n_embd=16, head=head,
+                                                                         diffusion_width=16),
+                      trainer=trainer, sampling=SamplingConfig(denoising_steps=4 if head == "diffusion" else None))
     results = train_gpt(run, tmp_path / "gpt", {})
     assert set(results) == {"loss"}
     ckpt = load_checkpoint(tmp_path / "gpt" / "checkpoints" / "last", expected_stage="gpt")
@@ -118,7 +125,8 @@ def test_the_gpt_stage_and_every_sampling_output_run_on_patches(tmp_path):
     assert Image.open(tmp_path / "gpt" / "samples" / "step_0000003.png").size == (8 * 10 + 2, 6 * 10 + 2)
 
     sample = SampleRun(checkpoint_vae=str(tmp_path / "tok"), checkpoint_gpt=str(tmp_path / "gpt/checkpoints/last"),
-                       sampling=SamplingConfig(num_samples=2), gif=True, completion=True, completion_images=2,
+                       sampling=SamplingConfig(num_samples=2, denoising_steps=run.sampling.denoising_steps), gif=True,
+                       completion=True, completion_images=2,
                        completion_samples=2, device="cpu")
     models = pipeline.load_models(sample, torch.device("cpu"))
     out = tmp_path / "samples"

@@ -199,7 +199,13 @@ class GPTConfig:
     bias: bool = False  # biases in Linear layers and LayerNorms (nanoGPT: False is a bit better and faster)
     tie_weights: bool = True  # the output head shares the token embedding matrix (index tokens only)
     class_dropout: float = 0.1  # label dropout, so classifier-free guidance works
-    head: str = "gaussian"  # continuous tokens only: gaussian (mean and std per number, NLL) | mse (the mean)
+    # Continuous tokens only (vqgpt/models/heads.py): gaussian (mean and std per number, NLL) | mse (the mean) |
+    # mixture (K Gaussians per token, NLL; GIVT) | diffusion (an MLP denoiser conditioned on each output; MAR)
+    head: str = "gaussian"
+    num_mixtures: int = 8  # head=mixture: K components
+    diffusion_width: int = 256  # head=diffusion: the denoiser's width and residual blocks (MAR: 1024 x 3)
+    diffusion_depth: int = 3
+    diffusion_batch_mul: int = 4  # head=diffusion: noise draws per token in a training step (MAR's 4)
     mask_schedule: str = "cosine"  # maskgit only: the share of tokens a training step masks (cosine | linear | square)
 
 
@@ -296,6 +302,8 @@ class SamplingOptions:
     quantize: str | None = None  # int8: the raster GPT's Linear layers as dynamic int8 (CPU); None = as trained
     # A masked GPT (gpt.name=maskgit) only; None = its defaults (8, cosine, 4.5)
     steps: int | None = None  # parallel decoding steps
+    # A diffusion head (gpt.head=diffusion) only; None = 50
+    denoising_steps: int | None = None  # DDPM steps per token
     schedule: str | None = None  # cosine | linear | square: the share still masked after each step
     confidence_noise: float | None = None  # Gumbel noise on the confidence, annealed to 0 (MaskGIT's 4.5)
 

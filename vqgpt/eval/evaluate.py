@@ -40,6 +40,7 @@ from vqgpt.generate.pipeline import (
     Models,
     check_classifier,
     check_sample_run,
+    head_of,
     image_batches,
     load_models,
     sample_images,
@@ -199,7 +200,8 @@ def evaluate_gpt(run: EvaluateRun, device: torch.device) -> dict[str, Any]:
                   for scale in scales]
     models = load_models(with_scale[0], device)
     for checked in with_scale[1:]:  # every scale passes the sampling checks before anything runs
-        check_sample_run(checked, models.gpt.config.vocab_size, models.gpt.config.num_classes, not models.gpt.causal)
+        check_sample_run(checked, models.gpt.config.vocab_size, models.gpt.config.num_classes, not models.gpt.causal,
+                         head_of(models.gpt))
     classifier = models.classifier  # loaded for rejection (sampling.accept_n > 1), or just for the accuracy:
     if run.checkpoint_classifier and classifier is None:
         classifier = load_checkpoint(run.checkpoint_classifier, expected_stage="classifier", map_location=device)

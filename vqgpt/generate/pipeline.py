@@ -79,8 +79,21 @@ def check_classifier(classifier: nn.Module, tokenizer: Tokenizer, gpt: nn.Module
                         f"{gpt.config.num_classes}; train the classifier on the GPT's dataset")
 
 
-def check_decoding_options(s: SamplingOptions, masked: bool) -> None:
-    """Refuse an option of the other decoding order (ArgumentErrors; config-facing callers prefix `sampling.`)."""
+def head_of(gpt: nn.Module) -> str | None:
+    """A patch GPT's head (gpt.head), or None for a GPT of index tokens."""
+    return None if gpt.is_discrete else gpt.config.head
+
+
+def check_decoding_options(s: SamplingOptions, masked: bool, head: str | None = None) -> None:
+    """Refuse an option of the other decoding order, or of another head (`head`: a patch GPT's, None for index
+    tokens) (ArgumentErrors; config-facing callers prefix `sampling.`)."""
+    if s.denoising_steps is not None:
+        if head != "diffusion":
+            raise ArgumentError("denoising_steps", s.denoising_steps, "only a patch GPT with the diffusion head "
+                                "(gpt.head=diffusion) takes it: leave it null")
+        if s.denoising_steps < 1:
+            raise ArgumentError("denoising_steps", s.denoising_steps, "must be a positive integer (DDPM steps per "
+                                "token), or null for 50")
     if masked:
         check_masked_args(s.steps or DEFAULT_STEPS, s.schedule or "cosine",
                           DEFAULT_NOISE if s.confidence_noise is None else s.confidence_noise)
@@ -96,12 +109,13 @@ def check_decoding_options(s: SamplingOptions, masked: bool) -> None:
         raise ArgumentError("quantize", s.quantize, "must be int8 (dynamic int8 Linear layers, CPU) or null (off)")
 
 
-def check_sample_run(run: SampleRun, vocab_size: int, num_classes: int, masked: bool = False) -> None:
-    """Every sampling option, checked against a GPT's vocabulary, classes and order (one-line UserErrors)."""
+def check_sample_run(run: SampleRun, vocab_size: int, num_classes: int, masked: bool = False,
+                     head: str | None = None) -> None:
+    """Every sampling option, checked against a GPT's vocabulary, classes, order and head (one-line UserErrors)."""
     s = run.sampling
     with argument_prefix("sampling."):
         check_sampling_args(vocab_size, s.temperature, s.top_k, s.top_p, s.cfg_scale, num_classes)
-        check_decoding_options(s, masked)
+        check_decoding_options(s, masked, head)
     for key, value in (("sampling.num_samples", s.num_samples), ("batch_size", run.batch_size),
                        ("gif_samples", run.gif_samples), ("completion_images", run.completion_images),
                        ("completion_samples", run.completion_samples)):
@@ -127,7 +141,8 @@ def check_sample_request(run: SampleRun) -> None:
     meta = read_meta(run.checkpoint_gpt, expected_stage="gpt")
     config = meta["model_config"]
     num_classes = config.get("num_classes") or 0
-    check_sample_run(run, config.get("vocab_size", 0), num_classes, masked=meta.get("arch") == "maskgit")
+    check_sample_run(run, config.get("vocab_size", 0), num_classes, masked=meta.get("arch") == "maskgit",
+                     head=None if config.get("vocab_size") else config.get("head", "gaussian"))
     resolve_class(run.sampling.class_label, meta.get("class_names"), num_classes)
 
 
@@ -143,7 +158,8 @@ def load_models(run: SampleRun, device: torch.device) -> Models:
     if gpt.weights == "ema":
         log.info(f"{run.checkpoint_gpt}: sampling with its EMA weights (ema=false for the raw ones)")
     check_pair(tok.model, gpt.model, run.checkpoint_vae, run.checkpoint_gpt)
-    check_sample_run(run, gpt.model.config.vocab_size, gpt.model.config.num_classes, not gpt.model.causal)
+    check_sample_run(run, gpt.model.config.vocab_size, gpt.model.config.num_classes, not gpt.model.causal,
+                     head_of(gpt.model))
     hashes = {key: checkpoint_hash(getattr(run, key)) for key in ("checkpoint_vae", "checkpoint_gpt")}
     saved_hash = gpt.meta.get("tokenizer_hash")
     if saved_hash and saved_hash != hashes["checkpoint_vae"]:  # same shapes, other weights
@@ -170,7 +186,7 @@ def draw_tokens(gpt: nn.Module, num: int, cond: torch.Tensor | None, s: Sampling
     common = {"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p, "cfg_scale": s.cfg_scale,
               "seed": s.seed if seed is None else seed}
     if gpt.causal:
-        return generate(gpt, num, cond=cond, compile=s.compile, **common, **extra)
+        return generate(gpt, num, cond=cond, compile=s.compile, denoising_steps=s.denoising_steps, **common, **extra)
     return generate_masked(gpt, num, cond=cond, steps=s.steps or DEFAULT_STEPS, schedule=s.schedule or "cosine",
                            confidence_noise=DEFAULT_NOISE if s.confidence_noise is None else s.confidence_noise,
                            **common, **extra)

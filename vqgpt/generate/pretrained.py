@@ -42,6 +42,7 @@ from vqgpt.generate.pipeline import (
     check_decoding_options,
     check_pair,
     completion_rows,
+    head_of,
     sample_images,
 )
 from vqgpt.generate.sampling import check_sampling_args
@@ -145,7 +146,7 @@ class Pipeline:
         s = SamplingOptions(**kwargs)
         check_sampling_args(self.gpt.config.vocab_size, s.temperature, s.top_k, s.top_p, s.cfg_scale,
                             self.gpt.config.num_classes)
-        check_decoding_options(s, masked=not self.gpt.causal)
+        check_decoding_options(s, masked=not self.gpt.causal, head=head_of(self.gpt))
         return s
 
     def _labels(self, class_labels: Any, num_images: int | None) -> list[int] | None:

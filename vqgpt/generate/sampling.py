@@ -188,12 +188,17 @@ def _prepare(model: nn.Module, num_samples: int, cond: torch.Tensor | int | None
     return _Run(tokens, start, cond, 2 if cfg_scale is not None else 1, generator)
 
 
-def _draw(model: nn.Module, logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
-          generator: torch.Generator | None) -> torch.Tensor:
-    """The next token (B,) of guided logits (B, V), or the next patch (B, D) of a patch GPT's output."""
+def _draw(model: nn.Module, out: torch.Tensor, cfg_scale: float | None, temperature: float, top_k: int | None,
+          top_p: float | None, generator: torch.Generator | None,
+          denoising_steps: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The next token (B,) from logits (B', V), or the next patch (B, D) from a patch GPT's outputs (B', W)
+    (B' = 2B with guidance), and the guided logits or outputs (B, ...) it was drawn from (what callbacks get).
+    A patch GPT's head guides as it needs to (the diffusion head: inside its denoising loop)."""
+    out = out.float()
     if model.is_discrete:
-        return sample_next(logits, temperature, top_k, top_p, generator)
-    return model.sample(logits, temperature, generator)
+        logits = _guide(out, cfg_scale)
+        return sample_next(logits, temperature, top_k, top_p, generator), logits
+    return model.sample(out, temperature, generator, cfg_scale, denoising_steps), model.guide(out, cfg_scale)
 
 
 def _repeat(x: torch.Tensor, copies: int) -> torch.Tensor:
@@ -248,6 +253,7 @@ def generate(
     use_cache: bool = True,
     callback: Callback | None = None,
     compile: bool = False,
+    denoising_steps: int | None = None,
 ) -> torch.Tensor:
     """(num_samples, block_size) tokens (patches: (num_samples, block_size, D)), after `prefix` (B, P[, D]) if
     given; KV cache: one prefill, then a token a step.
@@ -257,13 +263,14 @@ def generate(
     cfg_scale: classifier-free guidance, None = off; seed: a torch.Generator of its own, None = global RNG.
     compile: the decode step through torch.compile with static shapes (`model.decode_static`), compiled once
     per model and batch size; it equals the eager step within float tolerance.
+    denoising_steps: a patch GPT's diffusion head's DDPM steps per token (None = its default).
     """
     if not model.causal:
         raise ValueError("a masked model (gpt.name=maskgit) decodes in parallel steps: sample it with "
                          "vqgpt.generate.masked.generate_masked")
     if not use_cache:
         return generate_nocache(model, num_samples, cond, temperature, top_k, top_p, cfg_scale, seed, prefix,
-                                callback=callback)
+                                callback=callback, denoising_steps=denoising_steps)
     run = _prepare(model, num_samples, cond, temperature, top_k, top_p, cfg_scale, seed, prefix)
     tokens, block_size = run.tokens, model.config.block_size
     with _eval_mode(model):
@@ -272,8 +279,8 @@ def generate(
         if compile:
             pos = torch.full((1,), run.start, device=tokens.device)  # token t sits at position t + 1
         for t in range(run.start, block_size):
-            logits = _guide(logits.float(), cfg_scale)  # (B, V)
-            tokens[:, t] = _draw(model, logits, temperature, top_k, top_p, run.generator)
+            tokens[:, t], logits = _draw(model, logits, cfg_scale, temperature, top_k, top_p, run.generator,
+                                         denoising_steps)  # logits: (B, V) guided
             if callback is not None:
                 callback(t, tokens[:, :t + 1], logits)
             if t + 1 < block_size:  # the last token is never fed back
@@ -298,6 +305,7 @@ def generate_nocache(
     seed: int | None = None,
     prefix: torch.Tensor | None = None,
     callback: Callback | None = None,
+    denoising_steps: int | None = None,
 ) -> torch.Tensor:
     """`generate` without a cache, rerunning the whole sequence for every token: the test oracle."""
     run = _prepare(model, num_samples, cond, temperature, top_k, top_p, cfg_scale, seed, prefix)
@@ -306,8 +314,8 @@ def generate_nocache(
         for t in range(run.start, model.config.block_size):
             # logits[:, t] sees tokens[:, :t] only, so slot t (not sampled yet) is never read.
             logits = model(_repeat(tokens[:, :t + 1], run.copies), run.cond)[0][:, t]  # (B', V)
-            logits = _guide(logits.float(), cfg_scale)
-            tokens[:, t] = _draw(model, logits, temperature, top_k, top_p, run.generator)
+            tokens[:, t], logits = _draw(model, logits, cfg_scale, temperature, top_k, top_p, run.generator,
+                                         denoising_steps)
             if callback is not None:
                 callback(t, tokens[:, :t + 1], logits)
     return tokens

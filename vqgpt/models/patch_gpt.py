@@ -1,11 +1,14 @@
 """PatchGPT: the transformer core over continuous tokens, each a flattened P x P image patch (tokenizer=patch).
 
-Only the ends differ from the token GPT: a linear map takes a patch in, and a regression head predicts the next
-patch. `gpt.head` picks what it predicts:
+Only the ends differ from the token GPT: a linear map takes a patch in, and a head (vqgpt/models/heads.py)
+predicts the next patch. `gpt.head` picks it:
 - `gaussian` (default): a mean and a standard deviation per number, trained by the Gaussian negative
-  log-likelihood; sampling draws mean + temperature * std * noise, so samples differ from one another.
+  log-likelihood; sampling draws mean + temperature * std * noise, each number on its own.
 - `mse`: the mean alone, trained by the mean squared error; sampling writes the mean, so every sample of one
   condition is the same image (an unconditional model draws one image). Kept as the baseline it is.
+- `mixture`: K Gaussians per token (GIVT), NLL; a component, then its noise: the numbers move together.
+- `diffusion`: a small MLP denoiser conditioned on the transformer's output (MAR), the denoising loss; sampled in
+  `sampling.denoising_steps` DDPM steps.
 
     model = PatchGPT(cfg)                                  # cfg.token_dim = P * P * channels, vocab_size = 0
     out, loss = model(patches, labels, targets=patches)    # patches (B, T, D); out[:, i] predicts patches[:, i]
@@ -14,58 +17,54 @@ patch. `gpt.head` picks what it predicts:
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from vqgpt.config import GPTConfig
+from vqgpt.models.heads import HEADS, DiffusionHead
 from vqgpt.models.transformer import Transformer
 from vqgpt.registry import register_model
-
-# The data are 8-bit images in [-1, 1]: a standard deviation below half a grey level (1/255) says nothing
-# more, and lets the likelihood run off to -inf on flat backgrounds.
-MIN_LOG_STD = math.log(1 / 255)
-MAX_LOG_STD = math.log(2.0)
 
 
 @register_model("patch_gpt", GPTConfig)
 class PatchGPT(Transformer):
-    """The transformer core with a linear patch embedding in and a Gaussian (or MSE) patch head out."""
+    """The transformer core with a linear patch embedding in and a distribution over the next patch out."""
 
     def __init__(self, config: GPTConfig):
         super().__init__(config, lambda c: nn.Linear(c.token_dim, c.n_embd, bias=c.bias))
-        width = 2 * config.token_dim if config.head == "gaussian" else config.token_dim
-        self.head = nn.Linear(config.n_embd, width, bias=True)
+        self.head = HEADS[config.head](config)
         self.init_weights()
+        if isinstance(self.head, DiffusionHead):
+            self.head.zero_gates()  # init_weights redrew every Linear, its gates too
+
+    @property
+    def likelihood(self) -> bool:
+        """Whether the loss is a negative log-likelihood (nats per number): the Gaussian and mixture heads'."""
+        return self.config.head in ("gaussian", "mixture")
 
     def output(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(..., C) -> (..., 2D): mean and log-std of the next patch (gaussian), or (..., D): its mean (mse).
-
-        In fp32 under bf16 autocast: a bf16 mean has 8 bits of mantissa, coarser than the pixels it predicts."""
+        """(..., C) -> the head's output (..., W): the parameters of the next patch's distribution (the diffusion
+        head: z itself). In fp32 under bf16 autocast: a bf16 mean has 8 bits of mantissa, coarser than pixels."""
         with torch.autocast(hidden.device.type, enabled=False):
             return self.head(hidden.float())
 
     def mean(self, out: torch.Tensor) -> torch.Tensor:
-        """The predicted patch (..., D) of an output (..., 2D or D): the distribution's mean."""
-        return out[..., :self.config.token_dim]
-
-    def log_std(self, out: torch.Tensor) -> torch.Tensor:
-        return out[..., self.config.token_dim:].clamp(MIN_LOG_STD, MAX_LOG_STD)
+        """A point guess of the patch (..., D) from outputs (..., W): the distribution's mean (diffusion: a
+        deterministic draw)."""
+        return self.head.mean(out)
 
     def loss(self, out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The mean Gaussian NLL (nats per number, the constant 0.5 log 2 pi left out), or the mean squared error."""
-        error = targets.float() - self.mean(out).float()
-        if self.config.head == "mse":
-            return error.square().mean()
-        log_std = self.log_std(out).float()
-        return (0.5 * (error * torch.exp(-log_std)).square() + log_std).mean()
+        """The head's loss: Gaussian or mixture NLL (nats per number, 0.5 log 2 pi left out), MSE, or denoising."""
+        with torch.autocast(out.device.type, enabled=False):
+            return self.head.loss(out, targets)
 
-    def sample(self, out: torch.Tensor, temperature: float = 1.0,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-        """One patch per row (B, D) from outputs (B, 2D or D): mean + temperature * std * N(0, 1), or the mean."""
-        mean = self.mean(out).float()
-        if self.config.head == "mse":
-            return mean
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device)
-        return mean + temperature * self.log_std(out).float().exp() * noise
+    def guide(self, out: torch.Tensor, cfg_scale: float | None) -> torch.Tensor:
+        """The outputs (B, W) guidance draws from, of the doubled batch (2B, W) (what callbacks read)."""
+        return self.head.guide(out, cfg_scale)
+
+    def sample(self, out: torch.Tensor, temperature: float = 1.0, generator: torch.Generator | None = None,
+               cfg_scale: float | None = None, denoising_steps: int | None = None) -> torch.Tensor:
+        """One patch per row (B, D) from outputs (B, W), or (2B, W) [cond; null] with guidance at cfg_scale."""
+        if isinstance(self.head, DiffusionHead) and denoising_steps is not None:
+            return self.head.sample(out, temperature, generator, cfg_scale, steps=denoising_steps)
+        return self.head.sample(out, temperature, generator, cfg_scale)

@@ -23,8 +23,8 @@ from torch import nn
 
 from vqgpt.config import GPTConfig
 from vqgpt.errors import ArgumentError
+from vqgpt.models.heads import HEADS
 
-HEADS = ("gaussian", "mse")  # what a patch GPT predicts (vqgpt/models/patch_gpt.py)
 ORDERS = ("gpt", "maskgit")  # gpt.name: raster order (models/gpt.py, models/patch_gpt.py) or masked (models/maskgit.py)
 SCHEDULES = ("cosine", "linear", "square")  # a masked model's share of masked tokens (models/maskgit.py)
 
@@ -58,6 +58,11 @@ def check_gpt_config(cfg: GPTConfig) -> None:
             raise bad(f"§{key}={getattr(cfg, key)} must be in [0, 1)")
     if cfg.head not in HEADS:
         raise bad(f"§head={cfg.head!r} is not one of {', '.join(HEADS)}")
+    for key in ("num_mixtures", "diffusion_width", "diffusion_depth", "diffusion_batch_mul"):
+        if getattr(cfg, key) < 1:
+            raise bad(f"§{key}={getattr(cfg, key)} must be a positive integer")
+    if cfg.diffusion_width % 2:
+        raise bad(f"§diffusion_width={cfg.diffusion_width} must be even (half sines, half cosines of the noise level)")
     if cfg.name not in ORDERS:
         raise bad(f"§name={cfg.name!r} is not one of {', '.join(ORDERS)} (raster order, or masked parallel decoding)")
     if cfg.name == "maskgit" and cfg.vocab_size < 1:

@@ -77,7 +77,7 @@ class GPTTask:
         if run.fid_samples < 0 or run.fid_samples == 1:
             raise UserError(f"fid_samples={run.fid_samples}: FID needs at least 2 samples (or 0 for off)")
         with argument_prefix("sampling."):  # before the token cache is built: a refused run does nothing
-            check_decoding_options(run.sampling, masked=run.gpt.name == "maskgit")
+            check_decoding_options(run.sampling, masked=run.gpt.name == "maskgit", head=run.gpt.head)
         if run.sampling.quantize is not None:
             raise UserError(f"sampling.quantize={run.sampling.quantize} samples a trained checkpoint (sample.py, "
                             "evaluate.py); training's pictures and FID use the weights being trained: leave it null")
@@ -167,7 +167,8 @@ class GPTTask:
     def summary(self, results: dict[str, Any]) -> str:
         fid = f", FID-{self.fid_samples} {results['fid']:.2f}" if "fid" in results else ""
         if not self.model.is_discrete:
-            unit = "MSE" if self.config.head == "mse" else "Gaussian NLL, nats/number"
+            unit = {"mse": "MSE", "gaussian": "Gaussian NLL, nats/number", "mixture": "mixture NLL, nats/number",
+                    "diffusion": "denoising loss, not a likelihood"}[self.config.head]
             return f"{results['loss']:.4f} ({unit}){fid}"
         if not self.model.causal:  # a cross-entropy on the masked tokens, not a likelihood of the image
             return f"{results['loss']:.4f} nats per masked token (not a likelihood: no bits/dim){fid}"
