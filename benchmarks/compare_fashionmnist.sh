@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # README's side-by-side: the three ways of writing images token by token on full Fashion-MNIST (32x32, padded;
 # apt-get install dataset-fashion-mnist), at equal GPT size and steps: VQ-GAN codes (8x8 of K=256), the Image GPT
-# pixel palette (32x32 of 16 greys) and continuous 4x4 patches (8x8 of 16 numbers; Gaussian head, and the MSE
-# head as a baseline). Each GPT: experiment=gpt_demo (4 layers x 128), unconditional, 500 steps of 16. Then per
+# pixel palette (32x32 of 16 greys) and continuous 4x4 patches (8x8 of 16 numbers; the Gaussian, mixture and
+# diffusion heads, and the MSE head as a baseline). Each GPT: experiment=gpt_demo (4 layers x 128), unconditional, 500 steps of 16. Then per
 # GPT: test bits/dim and FID-2k (evaluate.py), a linear probe on 5,000/2,000 images and (VQ and pixel) 300 steps of
 # fine-tuning (classify.py), and sample.py's grid, GIF and completion. benchmarks/compare_table.py turns it into benchmarks/results/compare_fashionmnist.json, the table
 # and docs/images/compare_fashionmnist.png.
 #   bash benchmarks/compare_fashionmnist.sh     # about 90 min on a 2-core CPU, most of it the pixel GPT
+#   ROWS="patch_mixture patch_diffusion" bash benchmarks/compare_fashionmnist.sh   # some rows; the table keeps the
+#                                                                                  # others from its JSON
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-outputs/compare}
@@ -28,18 +30,22 @@ stage() {  # stage NAME COMMAND...: run it unless done, append its wall time
   echo "{\"stage\": \"$name\", \"seconds\": $(($(date +%s) - start))}" >>"$OUT/times.jsonl"
 }
 
-[ -e "$VQ/config.json" ] || $PY scripts/train_tokenizer.py experiment=tokenizer_fashionmnist_20min dataset.val_size=0 \
-  tokenizer.loss.perceptual_weight=0 tokenizer.loss.disc_start=1000000 hydra.run.dir="${VQ%/checkpoints/last}"
+ROWS=${ROWS:-vq pixel patch patch_mse patch_mixture patch_diffusion}
+case " $ROWS " in *" vq "*) [ -e "$VQ/config.json" ] || $PY scripts/train_tokenizer.py experiment=tokenizer_fashionmnist_20min \
+  dataset.val_size=0 tokenizer.loss.perceptual_weight=0 tokenizer.loss.disc_start=1000000 \
+  hydra.run.dir="${VQ%/checkpoints/last}" ;; esac
 # shellcheck disable=SC2086  # $DATA and $GPT are lists of overrides
-stage pixel_tokenizer $PY scripts/train_tokenizer.py $DATA tokenizer=pixel hydra.run.dir="$OUT/pixel_tokenizer"
+case " $ROWS " in *" pixel "*) stage pixel_tokenizer $PY scripts/train_tokenizer.py $DATA tokenizer=pixel \
+  hydra.run.dir="$OUT/pixel_tokenizer" ;; esac
 # shellcheck disable=SC2086
 stage patch_tokenizer $PY scripts/train_tokenizer.py $DATA tokenizer=patch hydra.run.dir="$OUT/patch_tokenizer"
-for name in vq pixel patch patch_mse; do
+for name in $ROWS; do
   case $name in
     vq) vae=$VQ; extra="" ;;
-    patch_mse) vae=$OUT/patch_tokenizer/checkpoints/last; extra="gpt.head=mse" ;;
+    patch*) vae=$OUT/patch_tokenizer/checkpoints/last; extra="gpt.head=${name#patch_}" ;;
     *) vae=$OUT/${name}_tokenizer/checkpoints/last; extra="" ;;
   esac
+  [ $name = patch ] && extra=""  # the default head, gaussian
   # shellcheck disable=SC2086
   stage ${name}_gpt $PY scripts/train_gpt.py $GPT $extra checkpoint_vae="$vae" hydra.run.dir="$OUT/${name}_gpt"
   ckpt=$OUT/${name}_gpt/checkpoints/last
@@ -48,13 +54,14 @@ for name in vq pixel patch patch_mse; do
   [ $name = patch_mse ] && continue  # the same features as patch: no second probe
   stage ${name}_probe $PY scripts/classify.py checkpoint_gpt="$ckpt" checkpoint_vae="$vae" probe.train_images=5000 \
     probe.test_images=2000 hydra.run.dir="$OUT/${name}_probe"
-  [ $name = patch ] || stage ${name}_finetune $PY scripts/classify.py checkpoint_gpt="$ckpt" checkpoint_vae="$vae" \
-    mode=finetune trainer.max_steps=300 trainer.batch_size=16 trainer.num_threads=1 hydra.run.dir="$OUT/${name}_finetune"
+  case $name in patch*) ;; *) stage ${name}_finetune $PY scripts/classify.py checkpoint_gpt="$ckpt" \
+    checkpoint_vae="$vae" mode=finetune trainer.max_steps=300 trainer.batch_size=16 trainer.num_threads=1 \
+    hydra.run.dir="$OUT/${name}_finetune" ;; esac
   stage ${name}_sample $PY scripts/sample.py checkpoint_vae="$vae" checkpoint_gpt="$ckpt" sampling.num_samples=16 \
     gif=true completion=true hydra.run.dir="$OUT/${name}_sample"
 done
 # the Gaussian head's noise at half its scale
-stage patch_t05_eval $PY scripts/evaluate.py stage=gpt checkpoint_vae="$OUT/patch_tokenizer/checkpoints/last" \
-  checkpoint_gpt="$OUT/patch_gpt/checkpoints/last" fid.num_samples=2000 sampling.temperature=0.5 \
-  hydra.run.dir="$OUT/patch_t05_eval"
+case " $ROWS " in *" patch "*) stage patch_t05_eval $PY scripts/evaluate.py stage=gpt \
+  checkpoint_vae="$OUT/patch_tokenizer/checkpoints/last" checkpoint_gpt="$OUT/patch_gpt/checkpoints/last" \
+  fid.num_samples=2000 sampling.temperature=0.5 hydra.run.dir="$OUT/patch_t05_eval" ;; esac
 $PY benchmarks/compare_table.py "$OUT"

@@ -22,7 +22,8 @@ from vqgpt.checkpoint import load_checkpoint
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS, IMAGES = ROOT / "benchmarks" / "results", ROOT / "docs" / "images"
 NAMES = {"vq": "VQ-GAN codes", "pixel": "pixel palette", "patch": "patches, Gaussian head",
-         "patch_t05": "patches, Gaussian head, temperature 0.5", "patch_mse": "patches, MSE head"}
+         "patch_t05": "patches, Gaussian head, temperature 0.5", "patch_mse": "patches, MSE head",
+         "patch_mixture": "patches, mixture head (8 Gaussians)", "patch_diffusion": "patches, diffusion head"}
 GPT_RUN = {"patch_t05": "patch"}  # another evaluation of that run's GPT
 
 
@@ -30,13 +31,16 @@ def read(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def build(out: Path) -> dict:
-    """One row per GPT, from its run dirs under `out`."""
+def build(out: Path, previous: dict | None) -> dict:
+    """One row per GPT, from its run dirs under `out`; a row not run there (ROWS=... in the script) is kept from
+    the `previous` JSON, with the date it was measured."""
     times = {r["stage"]: r["seconds"] for r in map(json.loads, (out / "times.jsonl").read_text().splitlines())}
     rows = {}
     for name in NAMES:
         ev = read(out / f"{name}_eval" / "eval.json")
         if ev is None:
+            if previous and name in previous["rows"]:
+                rows[name] = {"date": previous["date"], **previous["rows"][name]}
             continue
         run = out / f"{GPT_RUN.get(name, name)}_gpt"
         gpt = load_checkpoint(run / "checkpoints" / "last")
@@ -55,7 +59,7 @@ def build(out: Path) -> dict:
         step_seconds = statistics.median((b["time"] - a["time"]) / (b["step"] - a["step"])
                                          for a, b in itertools.pairwise(logged))
         rows[name] = {
-            "tokens": NAMES[name], "tokens_per_image": h * w,
+            "date": datetime.date.today().isoformat(), "tokens": NAMES[name], "tokens_per_image": h * w,
             "vocab_or_width": gpt.model.config.vocab_size or f"{gpt.model.config.token_dim} numbers",
             "gpt_params": sum(p.numel() for p in gpt.model.parameters()),
             "tokenizer_psnr": tok.get("psnr"), "test_loss": ev["loss"], "bits_per_dim": ev.get("bits_per_dim"),
@@ -68,7 +72,7 @@ def build(out: Path) -> dict:
             "stage_seconds": times.get(f"{GPT_RUN.get(name, name)}_gpt"), "train_seconds_per_step": step_seconds,
             "train_ms_per_image": step_seconds * 1000 / batch,
             "sample_ms_per_image": first["seconds"] * 1000 / first["protocol"]["num_samples"],
-            "gpt_config": config["model_config"],
+            "gpt_config": config["model_config"], "likelihood": gpt.model.is_discrete or gpt.model.likelihood,
         }
     return {"date": datetime.date.today().isoformat(), "machine": machine(), "git": git_state(),
             "command": "bash benchmarks/compare_fashionmnist.sh", "rows": rows}
@@ -78,19 +82,24 @@ def markdown(result: dict) -> str:
     def f(value: float | None, fmt: str) -> str:
         return "-" if value is None else format(value, fmt)
 
-    lines = ["| tokens | per image | tokenizer PSNR | bits/dim | FID-2k | linear probe | fine-tuned | train ms/image | "
-             "sample ms/image (with FID's Inception) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| tokens | per image | tokenizer PSNR | bits/dim | NLL, nats/number | FID-2k | linear probe | fine-tuned "
+             "| train ms/image | sample ms/image (with FID's Inception) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in result["rows"].values():
         psnr = "lossless" if (row["tokenizer_psnr"] or 0) >= 100 else f"{f(row['tokenizer_psnr'], '.1f')} dB"
+        # a continuous head's loss is a likelihood (per number, 0.5 log 2 pi left out) for the Gaussian and mixture
+        nll = row["test_loss"] if row["bits_per_dim"] is None and row.get("likelihood", "Gaussian" in row["tokens"]) \
+            else None
         lines.append(f"| {row['tokens']} | {row['tokens_per_image']} | {psnr} | "
-                     f"{f(row['bits_per_dim'], '.3f')} | {row['fid']:.1f} | {f(row['probe_accuracy'], '.1%')} | "
+                     f"{f(row['bits_per_dim'], '.3f')} | {f(nll, '.3f')} | {row['fid']:.1f} | "
+                     f"{f(row['probe_accuracy'], '.1%')} | "
                      f"{f(row['finetune_accuracy'], '.1%')} | "
                      f"{row['train_ms_per_image']:.1f} | {row['sample_ms_per_image']:.1f} |")
     first = next(iter(result["rows"].values()))
     cpu = f"{result['machine']['cpu_count']}-core {result['machine']['processor']}"
     lines.append(f"\nFID-2k: 2,000 unconditional samples against the 10,000 test images; its noise floor (FID between "
-                 f"two halves of the test set) is {first['fid_noise_floor']:.2f}. {result['machine'].get('gpu', cpu)}, "
-                 f"{result['date']}.")
+                 f"two halves of the test set) is {first['fid_noise_floor']:.2f}. {result['machine'].get('gpu', cpu)}; "
+                 f"measured {', '.join(sorted({row.get('date', result['date']) for row in result['rows'].values()}))}.")
     return "\n".join(lines)
 
 
@@ -121,9 +130,9 @@ def figures(out: Path) -> list[Path]:
 
 def main() -> None:
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "outputs/compare")
-    result = build(out)
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / "compare_fashionmnist.json"
+    result = build(out, read(path))
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(markdown(result))
     for written in [path, *figures(out)]:

@@ -235,7 +235,7 @@ class DiffusionHead(nn.Module):
             else:  # MAR's guidance: the noise predictions mixed, each step
                 cond, uncond = self.denoiser(torch.cat([x, x]), t_batch, z).chunk(2)
                 eps = uncond + cfg_scale * (cond - uncond)
-            x0 = ((x - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1, 1)  # tokens are pixels in [-1, 1]
+            x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()  # not clipped (MAR's way): tokens may be latents
             beta = 1 - a_t / a_prev  # this stride's own noise level
             mean = (a_prev.sqrt() * beta * x0 + (1 - beta).sqrt() * (1 - a_prev) * x) / (1 - a_t)
             if i + 1 < steps:
