@@ -114,6 +114,24 @@ def test_complete_keeps_the_top_half_of_pil_uint8_or_unit_images(run):
         pipe.complete(real * 3, [0, 1])
 
 
+def test_edit_keeps_the_pixels_outside_the_region_and_takes_a_pil_mask(run):
+    pipe = vqgpt.Pipeline.from_pretrained(run)
+    from vqgpt.data import build_dataset
+
+    real = torch.stack([build_dataset(PATTERNS, "test", train=False)[i][0] for i in range(2)])
+    region = torch.zeros(8, 8, dtype=torch.bool)
+    region[4:, :] = True  # the bottom half: token rows 2 and 3 of the 4x4 grid
+    edits = pipe.edit(real, region, "circle", num_variations=3, output_type="pt")
+    assert edits.shape == (6, 3, 8, 8)
+    tokens = pipe.tokenizer.tokenize(real)
+    kept = ((pipe.tokenizer.decode_tokens(tokens) + 1) / 2).clamp(0, 1)
+    torch.testing.assert_close(edits.view(2, 3, 3, 8, 8)[..., :4, :], kept[:, None, :, :4].expand(-1, 3, -1, -1, -1))
+    mask = Image.fromarray((region.numpy() * 255).astype("uint8"))
+    assert torch.equal(pipe.edit(real, mask, "circle", num_variations=3, output_type="pt"), edits)
+    with pytest.raises(ValueError, match=r"a region of \(4, 4\): this tokenizer takes 8x8"):
+        pipe.edit(real, region[:4, :4])
+
+
 def hub_cache(tmp_path, repo_id: str, folder) -> None:
     """A Hub cache holding `folder` as the main revision of `repo_id` (the layout huggingface_hub reads)."""
     repo = tmp_path / "hub" / f"models--{repo_id.replace('/', '--')}"

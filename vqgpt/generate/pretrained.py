@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from PIL import Image
@@ -35,6 +36,7 @@ from vqgpt import registry
 from vqgpt.checkpoint import CONFIG_FILE, WRITTEN_HERE, Checkpoint, checkpoint_hash, load_checkpoint, save_checkpoint
 from vqgpt.config import SamplingOptions
 from vqgpt.errors import UserError
+from vqgpt.generate.edit import edit_images
 from vqgpt.generate.pipeline import (
     Models,
     as_labels,
@@ -140,6 +142,32 @@ class Pipeline:
         s = self._options(temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale, seed=seed)
         cond = None if labels is None else torch.tensor(labels, device=self.device)
         return self._output(completion_rows(self.models, x, cond, num_completions, s), output_type)
+
+    @torch.no_grad()
+    def edit(self, images: torch.Tensor | Image.Image | Sequence[Image.Image],
+             region: torch.Tensor | Image.Image, class_labels: int | str | Sequence[int | str] | None = None, *,
+             num_variations: int = 1, temperature: float = 1.0, top_k: int | None = None,
+             top_p: float | None = None, cfg_scale: float | None = None, seed: int = 0,
+             output_type: str = "pil") -> list[Image.Image] | torch.Tensor:
+        """Re-draw a region of each image and keep the rest (docs/masked.md): `num_variations` edits per image,
+        image by image. `region`: a bool tensor (H, W) or (B, H, W), or a PIL mask (not black = re-draw), at the
+        tokenizer's size. `class_labels`: what to draw the region as; None = unconditionally."""
+        x = to_model_space(images, self.tokenizer.channels).to(self.device)
+        size = self.tokenizer.image_size
+        if isinstance(region, Image.Image):
+            region = torch.from_numpy(np.asarray(region.convert("L")) > 0)
+        region = torch.as_tensor(region, dtype=torch.bool, device=self.device)
+        if x.shape[-2:] != (size, size) or region.shape[-2:] != (size, size):
+            raise ValueError(f"images of {tuple(x.shape[-2:])} px and a region of {tuple(region.shape[-2:])}: this "
+                             f"tokenizer takes {size}x{size}")
+        region = region.expand(len(x), -1, -1) if region.ndim == 2 else region
+        cond = None
+        if self.gpt.config.num_classes:
+            labels = [self.gpt.null_class] * len(x) if class_labels is None else self._labels(class_labels, len(x))
+            cond = torch.tensor(labels * (len(x) if len(labels) == 1 else 1), device=self.device)
+        s = self._options(temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale, seed=seed)
+        edited, _ = edit_images(self.models, x, region, cond, num_variations, s)
+        return self._output(edited.flatten(0, 1), output_type)
 
     def _options(self, **kwargs: Any) -> SamplingOptions:
         """SamplingOptions of keyword arguments, checked against this GPT (a ValueError naming the argument)."""
