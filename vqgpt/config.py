@@ -108,6 +108,16 @@ class FSQConfig(QuantizerConfig):
 
 
 @dataclass
+class KLConfig(QuantizerConfig):
+    """Not a quantizer: a KL bottleneck (`KLBottleneck`), so the VQ-GAN makes continuous tokens (the latent
+    autoencoders MAR and GIVT model; Rombach et al. 2022's KL-regularised autoencoder)."""
+
+    name: str = "kl"
+    kl_weight: float = 1.0e-6  # of KL(q(z|x) || N(0, I)), per latent number; LDM's KL autoencoders use 1e-6
+    std_momentum: float = 0.99  # the running std of the latents that tokens are divided by (unit-scale tokens)
+
+
+@dataclass
 class TokenizerLossConfig:
     """VQ-GAN loss weights (reconstruction + perceptual + adversarial + codebook)."""
 

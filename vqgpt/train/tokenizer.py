@@ -105,7 +105,8 @@ class VQGANTask:
         h, w = self.model.latent_grid
         n_params = sum(p.numel() for p in self.model.parameters())
         return (f"{self.meta['dataset']}: {len(self.train_set)} train / {len(self.test_set)} {self.eval_split} "
-                f"images; VQ-GAN {n_params / 1e6:.2f}M params, {h}x{w} tokens of K={self.model.codebook_size}")
+                f"images; VQ-GAN {n_params / 1e6:.2f}M params, {h}x{w} tokens of "
+                + (f"K={self.model.codebook_size}" if self.model.is_discrete else f"{self.model.token_dim} numbers"))
 
     def train_step(self, e: Engine, step: int) -> dict[str, Any]:
         (x, _), crit = e.next_batch(), self.criterion

@@ -6,12 +6,14 @@
 
 from __future__ import annotations
 
-from vqgpt.config import FSQConfig, QuantizerConfig, VQConfig
+from vqgpt.config import FSQConfig, KLConfig, QuantizerConfig, VQConfig
 from vqgpt.tokenizers.quantizers.base import Quantizer, QuantizerOutput
 from vqgpt.tokenizers.quantizers.fsq import FSQ
+from vqgpt.tokenizers.quantizers.kl import KLBottleneck
 from vqgpt.tokenizers.quantizers.vq import VectorQuantize
 
-QUANTIZERS: dict[type[QuantizerConfig], type[Quantizer]] = {VQConfig: VectorQuantize, FSQConfig: FSQ}
+# KLBottleneck is not a quantizer but takes its place: the VQ-GAN then makes continuous tokens
+QUANTIZERS: dict[type[QuantizerConfig], type] = {VQConfig: VectorQuantize, FSQConfig: FSQ, KLConfig: KLBottleneck}
 
 
 def build_quantizer(cfg: QuantizerConfig) -> Quantizer:
@@ -21,4 +23,4 @@ def build_quantizer(cfg: QuantizerConfig) -> Quantizer:
     return QUANTIZERS[type(cfg)](cfg)
 
 
-__all__ = ["FSQ", "QUANTIZERS", "Quantizer", "QuantizerOutput", "VectorQuantize", "build_quantizer"]
+__all__ = ["FSQ", "KLBottleneck", "QUANTIZERS", "Quantizer", "QuantizerOutput", "VectorQuantize", "build_quantizer"]

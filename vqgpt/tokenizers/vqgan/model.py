@@ -241,9 +241,14 @@ class VQGAN(Tokenizer):
         return side, side
 
     @property
-    def codebook_size(self) -> int:
-        """K, the token vocabulary size."""
+    def codebook_size(self) -> int | None:
+        """K, the token vocabulary size; None with a KL bottleneck (continuous tokens)."""
         return self.quantizer.num_codewords
+
+    @property
+    def token_dim(self) -> int | None:
+        """Width of a continuous token (embed_dim) with a KL bottleneck; None for code indices."""
+        return None if self.is_discrete else self.config.embed_dim
 
     @property
     def last_layer(self) -> torch.Tensor:
@@ -267,7 +272,8 @@ class VQGAN(Tokenizer):
 
     @torch.no_grad()
     def tokenize(self, x: torch.Tensor) -> torch.Tensor:
-        """Images -> code indices (B, h, w); no quantizer loss or training-time codebook updates."""
+        """Images -> code indices (B, h, w) (a KL bottleneck: tokens (B, h, w, D)); no quantizer loss or
+        training-time codebook updates."""
         self.check_images(x)
         return self.quantizer.quantize(self.encode_latents(x))
 
@@ -281,8 +287,15 @@ class VQGAN(Tokenizer):
 
     @torch.no_grad()
     def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Token grids (B, h, w) or sequences (B, h*w) -> images (B, C, H, W) in [-1, 1], float32."""
-        return self.decode_indices(tokens.reshape(-1, *self.latent_grid)).float().clamp(-1, 1)
+        """Token grids (B, h, w) or sequences (B, h*w) (continuous: (B, h, w, D) or (B, h*w, D)) -> images
+        (B, C, H, W) in [-1, 1], float32."""
+        grid = tokens.reshape(-1, *self.latent_grid, *([] if self.is_discrete else [self.token_dim]))
+        if not self.is_discrete:
+            grid = grid.to(self.post_quant_conv.weight.dtype)  # the token cache keeps float16
+        return self.decode_indices(grid).float().clamp(-1, 1)
+
+    def checkpoint_meta(self) -> dict:
+        return {**super().checkpoint_meta(), **({} if self.is_discrete else {"token_dim": self.token_dim})}
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, QuantizerOutput]:
         """Reconstruct images; the QuantizerOutput carries the (already weighted) codebook loss."""
