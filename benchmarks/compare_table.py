@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS, IMAGES = ROOT / "benchmarks" / "results", ROOT / "docs" / "images"
 NAMES = {"vq": "VQ-GAN codes", "pixel": "pixel palette", "patch": "patches, Gaussian head",
          "patch_t05": "patches, Gaussian head, temperature 0.5", "patch_mse": "patches, MSE head",
-         "patch_mixture": "patches, mixture head (8 Gaussians)", "patch_diffusion": "patches, diffusion head"}
+         "patch_mixture": "patches, mixture head (8 Gaussians)", "patch_diffusion": "patches, diffusion head",
+         "kl_mixture": "KL latents, mixture head (8 Gaussians)", "kl_diffusion": "KL latents, diffusion head"}
 GPT_RUN = {"patch_t05": "patch"}  # another evaluation of that run's GPT
 
 
@@ -104,9 +105,11 @@ def markdown(result: dict) -> str:
 
 
 def figures(out: Path) -> list[Path]:
-    """The unconditional sample grids side by side under their names; the pixel GPT's completion figure."""
-    grids = [(NAMES[n], Image.open(out / f"{n}_sample" / "samples.png").convert("RGB"))
-             for n in ("vq", "pixel", "patch") if (out / f"{n}_sample" / "samples.png").exists()]
+    """The unconditional sample grids side by side under their names (compare_fashionmnist.png; when the VQ row was
+    not run this time, compare_continuous_fashionmnist.png of the rows that were); the pixel GPT's completions."""
+    shown = [n for n in NAMES if n != "patch_t05" and (out / f"{n}_sample" / "samples.png").exists()]
+    grids = [(NAMES[n], Image.open(out / f"{n}_sample" / "samples.png").convert("RGB")) for n in shown]
+    name = "compare_fashionmnist.png" if "vq" in shown else "compare_continuous_fashionmnist.png"
     written = []
     if grids:
         scale, gap, title = 3, 12, 22
@@ -118,8 +121,8 @@ def figures(out: Path) -> list[Path]:
             sheet.paste(grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST), (x, title))
             draw.text((x + 4, 4), name, fill="black")
             x += grid.width * scale + gap
-        sheet.save(IMAGES / "compare_fashionmnist.png")
-        written.append(IMAGES / "compare_fashionmnist.png")
+        sheet.save(IMAGES / name)
+        written.append(IMAGES / name)
     completion = out / "pixel_sample" / "completion.png"
     if completion.exists():
         image = Image.open(completion)
