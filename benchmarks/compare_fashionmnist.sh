@@ -42,9 +42,8 @@ case " $ROWS " in *" pixel "*) stage pixel_tokenizer $PY scripts/train_tokenizer
 stage patch_tokenizer $PY scripts/train_tokenizer.py $DATA tokenizer=patch hydra.run.dir="$OUT/patch_tokenizer"
 # The continuous latent tokenizer (MAR's and GIVT's way): the VQ row's VQ-GAN and recipe with a KL bottleneck
 # (tokenizer/quantizer=kl) of 4 numbers per token instead of the codebook
-case " $ROWS " in *" kl_"*) stage kl_tokenizer $PY scripts/train_tokenizer.py experiment=tokenizer_fashionmnist_20min \
-  dataset.val_size=0 tokenizer.loss.perceptual_weight=0 tokenizer.loss.disc_start=1000000 tokenizer/quantizer=kl \
-  tokenizer.embed_dim=4 hydra.run.dir="$OUT/kl_tokenizer" ;; esac
+case " $ROWS " in *" kl_"*) stage kl_tokenizer $PY scripts/train_tokenizer.py experiment=tokenizer_fashionmnist_kl \
+  hydra.run.dir="$OUT/kl_tokenizer" ;; esac
 for name in $ROWS; do
   case $name in
     vq) vae=$VQ; extra="" ;;
