@@ -2,7 +2,8 @@
 # How the frontier recipes were chosen: every candidate trained on full Fashion-MNIST less dataset.val_size=2000
 # held-out training images, and measured on those 2,000 (rFID-2k for tokenizers, FID-2k of 2,000 class-balanced
 # samples for GPTs), never on the test split. One thread per run (they ran two or three at a time, 2026-12-04).
-#   bash benchmarks/select_fashionmnist.sh                  # every run not done yet (resumable), then the table
+#   bash benchmarks/select_fashionmnist.sh                  # every run not done yet (a stopped one resumes), then
+#                                                           # the table
 # benchmarks/select_table.py writes benchmarks/results/select_fashionmnist.json; docs/quality.md reads it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,11 +15,18 @@ ONE=(trainer.num_threads=1 trainer.progress_bar=false)
 TOK=(experiment=tokenizer_fashionmnist_20min "${ONE[@]}")
 GPT=(experiment=gpt_fashionmnist_20min "${ONE[@]}" fid_samples=2000 fid.reference_split=val)
 
-tokenizer() {  # tokenizer NAME OVERRIDES...: train, then rFID-2k on the val split
+resume() {  # resume DIR: resume=true when DIR holds a checkpoint of a stopped run (Ctrl-C, SIGTERM, a kill)
+  [ -e "$1/checkpoints/last/config.json" ] && echo resume=true
+  return 0
+}
+
+tokenizer() {  # tokenizer NAME OVERRIDES...: train (or resume), then rFID-2k on the val split
   local name=$1
   shift
   local dir=$OUT/$name
-  [ -e "$dir/done" ] || { $PY scripts/train_tokenizer.py "${TOK[@]}" "$@" hydra.run.dir="$dir" && touch "$dir/done"; }
+  # shellcheck disable=SC2046  # resume's word, or none
+  [ -e "$dir/done" ] || { $PY scripts/train_tokenizer.py "${TOK[@]}" "$@" $(resume "$dir") hydra.run.dir="$dir" \
+    && touch "$dir/done"; }
   [ -e "$OUT/eval_$name/eval.json" ] || $PY scripts/evaluate.py stage=tokenizer checkpoint_vae="$dir/checkpoints/last" \
     fid.reference_split=val device=cpu hydra.run.dir="$OUT/eval_$name"
 }
@@ -27,8 +35,9 @@ gpt() {  # gpt NAME TOKENIZER STEPS OVERRIDES...: train with FID-2k on the val s
   local name=$1 tok=$2 steps=$3
   shift 3
   local dir=$OUT/$name
+  # shellcheck disable=SC2046
   [ -e "$dir/done" ] || { $PY scripts/train_gpt.py "${GPT[@]}" checkpoint_vae="$OUT/$tok/checkpoints/last" \
-    trainer.max_steps="$steps" trainer.eval_every="$steps" trainer.sample_every="$steps" "$@" \
+    trainer.max_steps="$steps" trainer.eval_every="$steps" trainer.sample_every="$steps" "$@" $(resume "$dir") \
     hydra.run.dir="$dir" && touch "$dir/done"; }
 }
 
