@@ -109,7 +109,7 @@ def figures(out: Path) -> list[Path]:
     not run this time, compare_continuous_fashionmnist.png of the rows that were); the pixel GPT's completions."""
     shown = [n for n in NAMES if n != "patch_t05" and (out / f"{n}_sample" / "samples.png").exists()]
     grids = [(NAMES[n], Image.open(out / f"{n}_sample" / "samples.png").convert("RGB")) for n in shown]
-    name = "compare_fashionmnist.png" if "vq" in shown else "compare_continuous_fashionmnist.png"
+    figure = IMAGES / ("compare_fashionmnist.png" if "vq" in shown else "compare_continuous_fashionmnist.png")
     written = []
     if grids:
         scale, gap, title = 3, 12, 22
@@ -121,8 +121,8 @@ def figures(out: Path) -> list[Path]:
             sheet.paste(grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST), (x, title))
             draw.text((x + 4, 4), name, fill="black")
             x += grid.width * scale + gap
-        sheet.save(IMAGES / name)
-        written.append(IMAGES / name)
+        sheet.save(figure)
+        written.append(figure)
     completion = out / "pixel_sample" / "completion.png"
     if completion.exists():
         image = Image.open(completion)

@@ -13,6 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
+import yaml
 from bench_common import RESULTS_DIR, machine_line
 
 
@@ -50,14 +51,25 @@ def main() -> None:
     lines = ["| GPT (4 x 128, 0.83 M, 3,500 steps of 64) | decoding | FID-10k (test) | class accuracy | FID-2k (val) | "
              + " | ".join(f"images/s, batch {b}" for b in per_batch) + " |",
              "|---|---|---:|---:|---:|" + "---:|" * len(per_batch)]
+    # the sampling sweeps on the val split (masked_fashionmnist.sh section 3): 8 steps, one option changed
+    for path in sorted(args.out.glob("val_*/eval.json")):
+        if path.parent.name.removeprefix("val_") in {f"steps{s}" for s in (4, 8, 12, 16)} | {"raster_int8"}:
+            continue
+        sampling = yaml.safe_load((path.parent / "config.yaml").read_text())["sampling"]
+        changed = ", ".join(f"{k} {v}" for k, v in sampling.items()
+                            if k in ("temperature", "confidence_noise", "schedule", "top_k", "top_p")
+                            and v not in (None, 1.0 if k == "temperature" else None))
+        rows.append({"model": "masked", "decoding": f"8 parallel steps, {changed}", "speed_key": None, "test": None,
+                     "val": sample_row(path)})
     for row in rows:
         key = row.pop("speed_key")
-        row["images_per_second"] = {str(b): ips[key] for b, ips in per_batch.items()}
+        row["images_per_second"] = {str(b): ips[key] for b, ips in per_batch.items()} if key else None
         test, val = row["test"], row["val"]
         fid_test, accuracy = (test["fid"], test["class_accuracy"]) if test else (None, None)
+        speeds = row["images_per_second"] or {}
         lines.append(f"| {row['model']} | {row['decoding']} | {cell(fid_test, '.2f')} | {cell(accuracy, '.1%')} | "
                      f"{cell(val and val['fid'], '.2f')} | "
-                     + " | ".join(f"{ips[key]:.1f}" for ips in per_batch.values()) + " |")
+                     + " | ".join(cell(speeds.get(str(b)), ".1f") for b in per_batch) + " |")
     agreement = speed["int8_agreement"]
     lines.append("")
     lines.append(f"int8 against fp32: next-token argmax agreement {agreement['teacher_forced_argmax_agreement']:.1%} "
