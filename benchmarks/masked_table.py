@@ -26,6 +26,14 @@ def sample_row(path: Path) -> dict | None:
             "num_samples": row["protocol"]["num_samples"], "reference": row["protocol"]["reference"]}
 
 
+def changed_sampling(run_dir: Path) -> str:
+    """The masked sampling options an evaluate.py run changed from the defaults, as "key value, ..."."""
+    sampling = yaml.safe_load((run_dir / "config.yaml").read_text())["sampling"]
+    return ", ".join(f"{k} {v}" for k, v in sampling.items()
+                     if k in ("temperature", "confidence_noise", "schedule", "top_k", "top_p")
+                     and v not in (None, 1.0 if k == "temperature" else None))
+
+
 def cell(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -51,22 +59,23 @@ def main() -> None:
     lines = ["| GPT (4 x 128, 0.83 M, 3,500 steps of 64) | decoding | FID-10k (test) | class accuracy | FID-2k (val) | "
              + " | ".join(f"images/s, batch {b}" for b in per_batch) + " |",
              "|---|---|---:|---:|---:|" + "---:|" * len(per_batch)]
-    # the sampling sweeps on the val split (masked_fashionmnist.sh section 3): 8 steps, one option changed
+    # the sampling sweeps on the val split (masked_fashionmnist.sh section 3): 8 steps, one option changed; the
+    # one chosen there, measured once on test (eval_test_chosen)
+    chosen = args.out / "eval_test_chosen"
+    chosen = changed_sampling(chosen) if chosen.is_dir() else None
     for path in sorted(args.out.glob("val_*/eval.json")):
         if path.parent.name.removeprefix("val_") in {f"steps{s}" for s in (4, 8, 12, 16)} | {"raster_int8"}:
             continue
-        sampling = yaml.safe_load((path.parent / "config.yaml").read_text())["sampling"]
-        changed = ", ".join(f"{k} {v}" for k, v in sampling.items()
-                            if k in ("temperature", "confidence_noise", "schedule", "top_k", "top_p")
-                            and v not in (None, 1.0 if k == "temperature" else None))
-        rows.append({"model": "masked", "decoding": f"8 parallel steps, {changed}", "speed_key": None, "test": None,
-                     "val": sample_row(path)})
+        changed = changed_sampling(path.parent)
+        test = sample_row(args.out / "eval_test_chosen" / "eval.json") if changed == chosen else None
+        rows.append({"model": "masked", "decoding": f"8 parallel steps, {changed}", "speed_key": "masked_8",
+                     "test": test, "val": sample_row(path)})
     for row in rows:
         key = row.pop("speed_key")
-        row["images_per_second"] = {str(b): ips[key] for b, ips in per_batch.items()} if key else None
+        row["images_per_second"] = {str(b): ips[key] for b, ips in per_batch.items()}
         test, val = row["test"], row["val"]
         fid_test, accuracy = (test["fid"], test["class_accuracy"]) if test else (None, None)
-        speeds = row["images_per_second"] or {}
+        speeds = row["images_per_second"]
         lines.append(f"| {row['model']} | {row['decoding']} | {cell(fid_test, '.2f')} | {cell(accuracy, '.1%')} | "
                      f"{cell(val and val['fid'], '.2f')} | "
                      + " | ".join(cell(speeds.get(str(b)), ".1f") for b in per_batch) + " |")
