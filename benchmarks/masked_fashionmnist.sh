@@ -20,7 +20,7 @@ RASTER=$F/gpt/checkpoints/last
 MASKED=$OUT/gpt/checkpoints/last
 CLS=${CLS:-outputs/frontier_fashionmnist/classifier/checkpoints/last}
 VAL=(fid.num_samples=2000 fid.reference_split=val device=cpu)
-CHOSEN=${CHOSEN:-sampling.confidence_noise=CHOICE}  # the masked sampling chosen on val (section 3)
+CHOSEN=${CHOSEN:-sampling.confidence_noise=10 sampling.temperature=1.2}  # chosen on val (section 3)
 export OMP_NUM_THREADS=1
 
 [ -e "$OUT/gpt/done" ] || { $PY scripts/train_gpt.py experiment=gpt_fashionmnist_20min_maskgit checkpoint_vae="$VAE" \
@@ -33,15 +33,23 @@ for steps in 4 8 12 16; do
 done
 [ -e "$OUT/val_raster_int8/eval.json" ] || $PY scripts/evaluate.py stage=gpt checkpoint_vae="$VAE" \
   checkpoint_gpt="$RASTER" sampling.quantize=int8 "${VAL[@]}" hydra.run.dir="$OUT/val_raster_int8"
-# the masked sampling's other options at 8 steps, on val: the confidence noise (MaskGIT's 4.5) and temperature
-for spec in noise1.5:sampling.confidence_noise=1.5 noise10:sampling.confidence_noise=10 \
-  noise30:sampling.confidence_noise=30 t1.2:sampling.temperature=1.2; do
-  [ -e "$OUT/val_${spec%%:*}/eval.json" ] || $PY scripts/evaluate.py stage=gpt checkpoint_vae="$VAE" \
-    checkpoint_gpt="$MASKED" "${spec#*:}" "${VAL[@]}" hydra.run.dir="$OUT/val_${spec%%:*}"
-done
+# the masked sampling's other options at 8 steps, on val: the confidence noise (MaskGIT's 4.5), temperature, both
+while read -r name overrides; do
+  # shellcheck disable=SC2086  # a list of overrides
+  [ -e "$OUT/val_$name/eval.json" ] || $PY scripts/evaluate.py stage=gpt checkpoint_vae="$VAE" checkpoint_gpt="$MASKED" \
+    $overrides "${VAL[@]}" hydra.run.dir="$OUT/val_$name" </dev/null
+done <<'RUNS'
+noise1.5 sampling.confidence_noise=1.5
+noise10 sampling.confidence_noise=10
+noise30 sampling.confidence_noise=30
+t1.2 sampling.temperature=1.2
+noise10_t1.2 sampling.confidence_noise=10 sampling.temperature=1.2
+RUNS
 # the best of them on val, once on the test split
+# shellcheck disable=SC2086  # a list of overrides
 [ -e "$OUT/eval_test_chosen/eval.json" ] || $PY scripts/evaluate.py stage=gpt checkpoint_vae="$VAE" \
-  checkpoint_gpt="$MASKED" checkpoint_classifier="$CLS" fid.num_samples=10000 $CHOSEN hydra.run.dir="$OUT/eval_test_chosen"
+  checkpoint_gpt="$MASKED" checkpoint_classifier="$CLS" fid.num_samples=10000 $CHOSEN \
+  hydra.run.dir="$OUT/eval_test_chosen"
 [ -e "$OUT/speed.json" ] || $PY benchmarks/masked_speed.py --vae "$VAE" --raster "$RASTER" --masked "$MASKED" \
   --out "$OUT/speed.json"
 $PY benchmarks/masked_table.py "$OUT"
