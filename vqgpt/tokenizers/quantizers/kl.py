@@ -32,6 +32,7 @@ class KLBottleneck(nn.Module):
         super().__init__()
         if cfg.kl_weight < 0 or not 0 <= cfg.std_momentum < 1:
             raise ValueError(f"kl_weight={cfg.kl_weight} must be >= 0 and std_momentum={cfg.std_momentum} in [0, 1)")
+        self.cfg = cfg  # as every quantizer keeps it
         self.embedding_dim, self.kl_weight, self.momentum = cfg.embedding_dim, cfg.kl_weight, cfg.std_momentum
         self.moments = nn.Conv2d(cfg.embedding_dim, 2 * cfg.embedding_dim, kernel_size=1)
         self.register_buffer("latent_std", torch.ones(()))  # what tokens are divided by
