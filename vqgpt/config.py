@@ -309,13 +309,13 @@ class SamplingOptions:
     class_label: str | None = None  # index or name; None = every class in turn
     accept_n: int | None = None  # classifier rejection: best of N candidates per image; None or 1 = off
     compile: bool = False  # torch.compile the decode step (static KV cache shapes); the first batch compiles
-    quantize: str | None = None  # int8: the raster GPT's Linear layers as dynamic int8 (CPU); None = as trained
+    quantize: str | None = None  # int8: the GPT's Linear layers as dynamic int8 (CPU); None = as trained
     # A masked GPT (gpt.name=maskgit) only; None = its defaults (8, cosine, 4.5)
     steps: int | None = None  # parallel decoding steps
-    # A diffusion head (gpt.head=diffusion) only; None = 50
-    denoising_steps: int | None = None  # DDPM steps per token
     schedule: str | None = None  # cosine | linear | square: the share still masked after each step
     confidence_noise: float | None = None  # Gumbel noise on the confidence, annealed to 0 (MaskGIT's 4.5)
+    # A patch GPT's diffusion head (gpt.head=diffusion) only; None = 50
+    denoising_steps: int | None = None  # DDPM steps per token
 
 
 @dataclass
