@@ -194,16 +194,22 @@ def decoding_gif(run: SampleRun, models: Models, out_dir: Path, plan: Plan) -> P
     return write_gif([decode(models.tokenizer, grid) for grid in grids], out_dir / "decoding.gif")
 
 
-def completion_figure(run: SampleRun, models: Models, out_dir: Path) -> Path:
-    """completion.png: per test image, input (bottom half grey) | completion_samples samples | original."""
+def test_images(models: Models, num: int, checkpoint_vae: str, purpose: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """`num` images (B, C, H, W) of the tokenizer's test split, spread over it, and their labels (B,), on the GPT's
+    device; `purpose` ("complete", "edit") names what they are for in the error of a tokenizer without data."""
     if not models.data_config:
-        raise UserError(f"{run.checkpoint_vae} records no data_config, so there are no test images to complete; "
+        raise UserError(f"{checkpoint_vae} records no data_config, so there are no test images to {purpose}; "
                         "re-save it with scripts/train_tokenizer.py")
     test_set = build_dataset(dataclass_from_dict(DatasetConfig, models.data_config), "test", train=False)
-    picks = torch.linspace(0, len(test_set) - 1, min(run.completion_images, len(test_set))).long()  # spread out
+    picks = torch.linspace(0, len(test_set) - 1, min(num, len(test_set))).long().tolist()  # spread out
     device = next(models.gpt.parameters()).device
-    images = torch.stack([test_set[i][0] for i in picks.tolist()]).to(device)
-    labels = torch.tensor([test_set[i][1] for i in picks.tolist()], device=device)
+    images = torch.stack([test_set[i][0] for i in picks]).to(device)
+    return images, torch.tensor([test_set[i][1] for i in picks], device=device)
+
+
+def completion_figure(run: SampleRun, models: Models, out_dir: Path) -> Path:
+    """completion.png: per test image, input (bottom half grey) | completion_samples samples | original."""
+    images, labels = test_images(models, run.completion_images, run.checkpoint_vae, "complete")
     rows = completion_rows(models, images, labels, run.completion_samples, run.sampling)
     return save_grid(rows, out_dir / "completion.png", nrow=run.completion_samples + 2)
 
@@ -232,12 +238,10 @@ def edit_inputs(run: EditRun, models: Models) -> tuple[torch.Tensor, torch.Tenso
     labels = None
     if run.images:
         pictures = [Image.open(path) for path in run.images]
-        images = to_model_space([p.resize(size, Image.BICUBIC) for p in pictures], t.channels)
+        images = to_model_space([p.resize(size, Image.BICUBIC) for p in pictures], t.channels).to(device)
     else:
-        test_set = build_dataset(dataclass_from_dict(DatasetConfig, models.data_config), "test", train=False)
-        picks = torch.linspace(0, len(test_set) - 1, min(run.test_images, len(test_set))).long().tolist()
-        images = torch.stack([test_set[i][0] for i in picks])
-        labels = [test_set[i][1] for i in picks]
+        images, test_labels = test_images(models, run.test_images, run.checkpoint_vae, "edit")
+        labels = test_labels.tolist()
     if run.mask:
         mask = Image.open(run.mask).convert("L").resize(size, Image.NEAREST)
         region = torch.from_numpy(np.asarray(mask) > 0)
@@ -245,12 +249,12 @@ def edit_inputs(run: EditRun, models: Models) -> tuple[torch.Tensor, torch.Tenso
         region = box_region(run.box, t.image_size)
     num_classes = models.gpt.config.num_classes
     if not num_classes:
-        return images.to(device), region.expand(len(images), -1, -1).to(device), None
+        return images, region.expand(len(images), -1, -1).to(device), None
     if run.class_label is not None:
         labels = [resolve_class(run.class_label, models.class_names, num_classes)] * len(images)
     elif labels is None:
         labels = [models.gpt.null_class] * len(images)  # a file's class is not known: unconditional
-    return images.to(device), region.expand(len(images), -1, -1).to(device), torch.tensor(labels, device=device)
+    return images, region.expand(len(images), -1, -1).to(device), torch.tensor(labels, device=device)
 
 
 def write_edit(run: EditRun, models: Models, out_dir: Path) -> list[Path]:
