@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqgpt.errors import ArgumentError, UserError
-from vqgpt.generate.sampling import _eval_mode, _guide, _prepare, _repeat, filter_logits
+from vqgpt.generate.sampling import _eval_mode, _prepare, _repeat, filter_logits
+from vqgpt.models.heads import linear_guide
 from vqgpt.models.maskgit import mask_ratio
 from vqgpt.models.transformer import SCHEDULES
 
@@ -102,7 +103,7 @@ def generate_masked(
     with _eval_mode(model):
         for step in range(steps):
             logits = model(_repeat(tokens, run.copies), run.cond)[0]  # (B', T, V)
-            logits = _guide(logits.float(), cfg_scale)  # (B, T, V)
+            logits = linear_guide(logits.float(), cfg_scale)  # (B, T, V)
             drawn, log_p = _draw_all(logits, temperature, top_k, top_p, run.generator)  # (B, T) each
             noise = confidence_noise * (1 - (step + 1) / steps)
             gumbel = -torch.empty_like(log_p).exponential_(generator=run.generator).log()

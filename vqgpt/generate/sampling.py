@@ -25,6 +25,7 @@ from torch import nn
 
 from vqgpt.device import autocast
 from vqgpt.errors import ArgumentError, UserError
+from vqgpt.models.heads import linear_guide
 
 # callback(step, tokens_so_far, logits): after token `step` is drawn; tokens_so_far (B, step + 1) is a view
 # of the output (read it, don't write it); logits (B, V) are what the token was drawn from, guided but
@@ -196,7 +197,7 @@ def _draw(model: nn.Module, out: torch.Tensor, cfg_scale: float | None, temperat
     A patch GPT's head guides as it needs to (the diffusion head: inside its denoising loop)."""
     out = out.float()
     if model.is_discrete:
-        logits = _guide(out, cfg_scale)
+        logits = linear_guide(out, cfg_scale)
         return sample_next(logits, temperature, top_k, top_p, generator), logits
     return model.sample(out, temperature, generator, cfg_scale, denoising_steps), model.guide(out, cfg_scale)
 
@@ -204,14 +205,6 @@ def _draw(model: nn.Module, out: torch.Tensor, cfg_scale: float | None, temperat
 def _repeat(x: torch.Tensor, copies: int) -> torch.Tensor:
     """x stacked `copies` times along the batch (the conditional and unconditional halves of guidance)."""
     return x if copies == 1 else x.repeat(copies, *[1] * (x.dim() - 1))
-
-
-def _guide(logits: torch.Tensor, cfg_scale: float | None) -> torch.Tensor:
-    """Classifier-free guidance (Ho & Salimans 2022) over the doubled batch [cond; null]: u + s * (c - u)."""
-    if cfg_scale is None:
-        return logits
-    cond_logits, uncond_logits = logits.chunk(2)
-    return uncond_logits + cfg_scale * (cond_logits - uncond_logits)
 
 
 @contextmanager

@@ -36,7 +36,8 @@ DEFAULT_DENOISING_STEPS = 50  # MAR samples with 100 on ImageNet; 16 numbers per
 
 
 def linear_guide(out: torch.Tensor, cfg_scale: float | None) -> torch.Tensor:
-    """Classifier-free guidance over the doubled batch [cond; null] of outputs (2B, W): u + s * (c - u)."""
+    """Classifier-free guidance (Ho & Salimans 2022) over the doubled batch [cond; null] of outputs (2B, ...):
+    u + s * (c - u). The token GPTs' logits are mixed this way too (vqgpt/generate/sampling.py, masked.py)."""
     if cfg_scale is None:
         return out
     cond, uncond = out.chunk(2)
