@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from vqgpt import registry
 from vqgpt.checkpoint import checkpoint_hash, load_checkpoint, read_meta
 from vqgpt.config import DatasetConfig, GPTConfig, TrainGPTRun, dataclass_from_dict
 from vqgpt.data.token_cache import TokenDataset, eval_split, prepare_token_cache
@@ -27,8 +28,7 @@ from vqgpt.generate.pipeline import Models, check_decoding_options, class_grid
 from vqgpt.generate.sampling import check_sampling_args
 from vqgpt.images import save_grid
 from vqgpt.models.gpt import GPT
-from vqgpt.models.maskgit import MaskGIT
-from vqgpt.models.patch_gpt import PatchGPT
+from vqgpt.models.transformer import check_gpt_config
 from vqgpt.train.engine import Engine
 
 RUNS = Path("outputs")  # where the scripts put their runs by default (train_tokenizer.py: outputs/train_tokenizer/)
@@ -100,8 +100,8 @@ class GPTTask:
         self.config = gpt_config(run, header, header["data"]["num_classes"])
         self.arch = self.config.name if self.config.vocab_size else "patch_gpt"
         with argument_prefix("gpt."):  # the command line's name for its config
-            model_cls = {"gpt": GPT, "maskgit": MaskGIT, "patch_gpt": PatchGPT}.get(self.arch, GPT)  # GPT: checks name
-            self.model = model_cls(self.config).to(device)
+            check_gpt_config(self.config)  # a bad gpt.name is named here, before the registry looks it up
+            self.model = registry.lookup(self.arch)[0](self.config).to(device)
         self.conditional = self.config.num_classes > 0
         self.net = engine.prepare(self.model)
         self.modules = {"model": self.model}
