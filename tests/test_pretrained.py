@@ -18,6 +18,7 @@ from vqgpt.checkpoint import load_checkpoint
 from vqgpt.config import GPTConfig, VQConfig, VQGANConfig
 from vqgpt.errors import UserError
 from vqgpt.models.gpt import GPT
+from vqgpt.models.maskgit import MaskGIT
 from vqgpt.tokenizers.vqgan.model import VQGAN
 
 EVAL = {"loss": 3.1, "bits_per_dim": 0.52, "fid": 41.5, "fid_protocol": {"num_samples": 6, "reference": "test"}}
@@ -96,6 +97,27 @@ def test_a_pipeline_of_your_own_models_saves_and_loads(tmp_path):
         pipe(class_labels=[1])
     again = vqgpt.Pipeline.from_pretrained(pipe.save_pretrained(tmp_path / "own"))
     assert torch.equal(again(num_images=3, output_type="pt"), images)
+
+
+def test_a_masked_gpts_decoding_options_reach_the_sampler_and_others_are_named(run):
+    torch.manual_seed(0)
+    tokenizer = VQGAN(VQGANConfig(in_channels=1, image_size=8, channels=8, ch_mult=[1, 2], z_channels=4,
+                                  embed_dim=4, quantizer=VQConfig(num_codewords=16, embedding_dim=4)))
+    gpt = MaskGIT(GPTConfig(name="maskgit", vocab_size=16, block_size=16, num_classes=0, n_layer=1, n_head=2,
+                            n_embd=16))
+    pipe = vqgpt.Pipeline(tokenizer, gpt)
+    one = pipe(num_images=4, output_type="pt", steps=1, confidence_noise=0.0)
+    assert torch.equal(one, pipe(num_images=4, output_type="pt", steps=1, confidence_noise=0.0))
+    assert not torch.equal(one, pipe(num_images=4, output_type="pt", steps=16, schedule="linear"))
+    with pytest.raises(ValueError, match="^steps=0 is invalid"):
+        pipe(steps=0)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'step'; the decoding options are steps, "):
+        pipe(step=4)
+    raster = vqgpt.Pipeline.from_pretrained(run)
+    with pytest.raises(ValueError, match="^steps=4 is invalid: only a masked GPT"):
+        raster.complete(torch.zeros(1, 3, 8, 8), [0], steps=4)
+    with pytest.raises(ValueError, match="^denoising_steps=10 is invalid: only a patch GPT with the diffusion"):
+        raster(denoising_steps=10)
 
 
 def test_complete_keeps_the_top_half_of_pil_uint8_or_unit_images(run):

@@ -95,7 +95,7 @@ def check_decoding_options(s: SamplingOptions, masked: bool, head: str | None = 
             raise ArgumentError("denoising_steps", s.denoising_steps, "must be a positive integer (DDPM steps per "
                                 "token), or null for 50")
     if masked:
-        check_masked_args(s.steps or DEFAULT_STEPS, s.schedule or "cosine",
+        check_masked_args(DEFAULT_STEPS if s.steps is None else s.steps, s.schedule or "cosine",
                           DEFAULT_NOISE if s.confidence_noise is None else s.confidence_noise)
         if s.compile:
             raise ArgumentError("compile", s.compile, "it compiles a raster GPT's one-token decode step, and a masked "
@@ -187,7 +187,8 @@ def draw_tokens(gpt: nn.Module, num: int, cond: torch.Tensor | None, s: Sampling
               "seed": s.seed if seed is None else seed}
     if gpt.causal:
         return generate(gpt, num, cond=cond, compile=s.compile, denoising_steps=s.denoising_steps, **common, **extra)
-    return generate_masked(gpt, num, cond=cond, steps=s.steps or DEFAULT_STEPS, schedule=s.schedule or "cosine",
+    return generate_masked(gpt, num, cond=cond, steps=DEFAULT_STEPS if s.steps is None else s.steps,
+                           schedule=s.schedule or "cosine",
                            confidence_noise=DEFAULT_NOISE if s.confidence_noise is None else s.confidence_noise,
                            **common, **extra)
 

@@ -55,6 +55,8 @@ PIPELINE_FILE = "pipeline.json"
 FORMAT_VERSION = 1
 COMPONENTS = {"tokenizer": "tokenizer", "gpt": "gpt", "classifier": "classifier"}  # name -> checkpoint stage
 OUTPUT_TYPES = ("pil", "pt")
+DECODING_OPTIONS = ("steps", "schedule", "confidence_noise", "denoising_steps")  # an order's or a head's own
+SAMPLING_ARGUMENTS = ("temperature", "top_k", "top_p", "cfg_scale", "seed", "accept_n", *DECODING_OPTIONS)
 
 
 class Pipeline:
@@ -104,11 +106,14 @@ class Pipeline:
     def __call__(self, class_labels: int | str | Sequence[int | str] | torch.Tensor | None = None, *,
                  num_images: int | None = None, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, cfg_scale: float | None = None, accept_n: int | None = None,
-                 seed: int = 0, batch_size: int = 64, output_type: str = "pil") -> list[Image.Image] | torch.Tensor:
+                 seed: int = 0, batch_size: int = 64, output_type: str = "pil",
+                 **decoding: Any) -> list[Image.Image] | torch.Tensor:
         """Sample images: one per entry of `class_labels` (indices or class names), or `num_images` of every class
         in turn when it is None (of a class-conditional GPT: num_images defaults to one per class; of an
         unconditional one: 1). `output_type`: "pil" (a list of PIL images) or "pt" ((B, C, H, W) floats in
-        [0, 1]). The same arguments and seed give the same images."""
+        [0, 1]). `decoding`: the options of the GPT's order or head (DECODING_OPTIONS: a masked GPT's `steps`,
+        `schedule`, `confidence_noise`; the diffusion head's `denoising_steps`). The same arguments and seed give
+        the same images."""
         labels = self._labels(class_labels, num_images)
         num = len(labels) if labels is not None else (num_images or 1)
         if num < 1:
@@ -119,7 +124,7 @@ class Pipeline:
             raise ValueError(f"accept_n={accept_n} needs a classifier to score candidates; build the pipeline with "
                              "one (Pipeline(..., classifier=...)), or leave accept_n=None")
         s = self._options(temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale, seed=seed,
-                          accept_n=accept_n)
+                          accept_n=accept_n, **decoding)
         images = sample_images(self.models, labels, num, s, batch_size)
         return self._output(images, output_type)
 
@@ -128,10 +133,10 @@ class Pipeline:
                  class_labels: int | str | Sequence[int | str] | torch.Tensor | None = None, *,
                  num_completions: int = 1, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, cfg_scale: float | None = None, seed: int = 0,
-                 output_type: str = "pil") -> list[Image.Image] | torch.Tensor:
+                 output_type: str = "pil", **decoding: Any) -> list[Image.Image] | torch.Tensor:
         """Keep the top half of each image (its first rows of tokens) and sample the rest, `num_completions` times:
         a figure's rows, per image: input with the bottom half grey | completions | original. `images`: PIL,
-        uint8 or float in [0, 1] (or [-1, 1]) at the tokenizer's size."""
+        uint8 or float in [0, 1] (or [-1, 1]) at the tokenizer's size. `decoding`: as for a call."""
         x = to_model_space(images, self.tokenizer.channels).to(self.device)
         if x.shape[-1] != self.tokenizer.image_size or x.shape[-2] != self.tokenizer.image_size:
             raise ValueError(f"images of {x.shape[-2]}x{x.shape[-1]} px: this tokenizer takes "
@@ -139,7 +144,8 @@ class Pipeline:
         labels = self._labels(class_labels, len(x)) if self.gpt.config.num_classes else None
         if labels is not None and len(labels) != len(x):
             raise ValueError(f"class_labels has {len(labels)} entries for {len(x)} images; give one per image")
-        s = self._options(temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale, seed=seed)
+        s = self._options(temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale, seed=seed,
+                          **decoding)
         cond = None if labels is None else torch.tensor(labels, device=self.device)
         return self._output(completion_rows(self.models, x, cond, num_completions, s), output_type)
 
@@ -148,10 +154,11 @@ class Pipeline:
              region: torch.Tensor | Image.Image, class_labels: int | str | Sequence[int | str] | None = None, *,
              num_variations: int = 1, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, cfg_scale: float | None = None, seed: int = 0,
-             output_type: str = "pil") -> list[Image.Image] | torch.Tensor:
+             output_type: str = "pil", **decoding: Any) -> list[Image.Image] | torch.Tensor:
         """Re-draw a region of each image and keep the rest (docs/masked.md): `num_variations` edits per image,
         image by image. `region`: a bool tensor (H, W) or (B, H, W), or a PIL mask (not black = re-draw), at the
-        tokenizer's size. `class_labels`: what to draw the region as; None = unconditionally."""
+        tokenizer's size. `class_labels`: what to draw the region as; None = unconditionally. `decoding`: as for
+        a call."""
         x = to_model_space(images, self.tokenizer.channels).to(self.device)
         size = self.tokenizer.image_size
         if isinstance(region, Image.Image):
@@ -165,12 +172,17 @@ class Pipeline:
         if self.gpt.config.num_classes:
             labels = [self.gpt.null_class] * len(x) if class_labels is None else self._labels(class_labels, len(x))
             cond = torch.tensor(labels * (len(x) if len(labels) == 1 else 1), device=self.device)
-        s = self._options(temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale, seed=seed)
+        s = self._options(temperature=temperature, top_k=top_k, top_p=top_p, cfg_scale=cfg_scale, seed=seed,
+                          **decoding)
         edited, _ = edit_images(self.models, x, region, cond, num_variations, s)
         return self._output(edited.flatten(0, 1), output_type)
 
     def _options(self, **kwargs: Any) -> SamplingOptions:
         """SamplingOptions of keyword arguments, checked against this GPT (a ValueError naming the argument)."""
+        for key in kwargs:
+            if key not in SAMPLING_ARGUMENTS:
+                raise TypeError(f"unexpected keyword argument {key!r}; the decoding options are "
+                                f"{', '.join(DECODING_OPTIONS)}")
         s = SamplingOptions(**kwargs)
         check_sampling_args(self.gpt.config.vocab_size, s.temperature, s.top_k, s.top_p, s.cfg_scale,
                             self.gpt.config.num_classes)
