@@ -14,12 +14,19 @@ the re-drawn cells every pixel is the tokenizer's reconstruction of the input, i
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from vqgpt.config import SamplingOptions
 from vqgpt.errors import UserError
 from vqgpt.generate.pipeline import Models, decode, draw_tokens
+
+
+def mask_region(mask: Image.Image) -> torch.Tensor:
+    """A mask image as a (H, W) bool region: every pixel that is not black is re-drawn."""
+    return torch.from_numpy(np.asarray(mask.convert("L")) > 0)
 
 
 def box_region(box: list[int], image_size: int) -> torch.Tensor:

@@ -26,7 +26,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 from PIL import Image
@@ -36,7 +35,7 @@ from vqgpt import registry
 from vqgpt.checkpoint import CONFIG_FILE, WRITTEN_HERE, Checkpoint, checkpoint_hash, load_checkpoint, save_checkpoint
 from vqgpt.config import SamplingOptions
 from vqgpt.errors import UserError
-from vqgpt.generate.edit import edit_images
+from vqgpt.generate.edit import edit_images, mask_region
 from vqgpt.generate.pipeline import (
     Models,
     as_labels,
@@ -162,7 +161,7 @@ class Pipeline:
         x = to_model_space(images, self.tokenizer.channels).to(self.device)
         size = self.tokenizer.image_size
         if isinstance(region, Image.Image):
-            region = torch.from_numpy(np.asarray(region.convert("L")) > 0)
+            region = mask_region(region)
         region = torch.as_tensor(region, dtype=torch.bool, device=self.device)
         if x.shape[-2:] != (size, size) or region.shape[-2:] != (size, size):
             raise ValueError(f"images of {tuple(x.shape[-2:])} px and a region of {tuple(region.shape[-2:])}: this "

@@ -18,7 +18,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
@@ -27,7 +26,7 @@ from torchvision.utils import make_grid, save_image
 from vqgpt.config import DatasetConfig, EditRun, SampleRun, SamplingConfig, dataclass_from_dict
 from vqgpt.data import build_dataset
 from vqgpt.errors import UserError
-from vqgpt.generate.edit import box_region, edit_images, edit_rows
+from vqgpt.generate.edit import box_region, edit_images, edit_rows, mask_region
 from vqgpt.generate.pipeline import (
     Models,
     check_sample_request,
@@ -243,8 +242,7 @@ def edit_inputs(run: EditRun, models: Models) -> tuple[torch.Tensor, torch.Tenso
         images, test_labels = test_images(models, run.test_images, run.checkpoint_vae, "edit")
         labels = test_labels.tolist()
     if run.mask:
-        mask = Image.open(run.mask).convert("L").resize(size, Image.NEAREST)
-        region = torch.from_numpy(np.asarray(mask) > 0)
+        region = mask_region(Image.open(run.mask).resize(size, Image.NEAREST))
     else:
         region = box_region(run.box, t.image_size)
     num_classes = models.gpt.config.num_classes
