@@ -13,13 +13,14 @@ import torch
 from vqgpt import cli
 from vqgpt.config import EditRun
 from vqgpt.device import pick_device
-from vqgpt.generate.pipeline import load_models
+from vqgpt.generate.pipeline import load_models, with_recorded_sampling
 from vqgpt.generate.writer import edit_request, write_edit
 
 
 @cli.main("edit", precheck=edit_request)
 def main(run: EditRun) -> None:
     torch.set_grad_enabled(False)
+    run.sampling = with_recorded_sampling(run.sampling, run.checkpoint_gpt, cli.given_keys("sampling."))
     models = load_models(edit_request(run), pick_device(run.device))
     out_dir, _ = cli.make_run_dir(run)
     for path in write_edit(run, models, out_dir):

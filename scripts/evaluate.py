@@ -27,9 +27,12 @@ def precheck(run: EvaluateRun) -> None:
 def main(run: EvaluateRun) -> None:
     from vqgpt.device import pick_device
     from vqgpt.eval.evaluate import evaluate_gpt, evaluate_tokenizer, table
+    from vqgpt.generate.pipeline import with_recorded_sampling
 
     torch.set_grad_enabled(False)
     device = pick_device(run.device)
+    if run.stage == "gpt":
+        run.sampling = with_recorded_sampling(run.sampling, run.checkpoint_gpt, cli.given_keys("sampling."))
     out_dir, _ = cli.make_run_dir(run)
     results = (evaluate_tokenizer if run.stage == "tokenizer" else evaluate_gpt)(run, device)
     (out_dir / "eval.json").write_text(json.dumps(results, indent=2) + "\n")

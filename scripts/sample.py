@@ -14,13 +14,14 @@ import torch
 from vqgpt import cli
 from vqgpt.config import SampleRun
 from vqgpt.device import pick_device
-from vqgpt.generate.pipeline import check_sample_request, load_models
+from vqgpt.generate.pipeline import check_sample_request, load_models, with_recorded_sampling
 from vqgpt.generate.writer import check_outputs, plan_outputs, write_outputs
 
 
 @cli.main("sample", precheck=check_sample_request)
 def main(run: SampleRun) -> None:
     torch.set_grad_enabled(False)
+    run.sampling = with_recorded_sampling(run.sampling, run.checkpoint_gpt, cli.given_keys("sampling."))
     models = load_models(run, pick_device(run.device))  # every check before anything is written
     plan = plan_outputs(run, models)
     check_outputs(cli.resolve_out_dir(run.out_dir), plan)

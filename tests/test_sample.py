@@ -213,3 +213,21 @@ def test_cond_means_one_thing_everywhere(tiny_ckpts):
         pipeline.sample_images(models, None, 2, s, batch_size=4)
     unconditional = pipeline.sample_images(models, models.gpt.null_class, 2, s, batch_size=4)
     assert unconditional.shape == by_index.shape
+
+
+def test_recorded_sampling_fills_what_the_command_line_left_and_an_old_checkpoint_changes_nothing(tiny_ckpts,
+                                                                                                   tmp_path):
+    import json
+    import shutil
+
+    from vqgpt.config import SamplingOptions
+
+    asked = SamplingOptions(temperature=1.0, top_k=8)
+    assert pipeline.with_recorded_sampling(asked, str(tiny_ckpts / "gpt"), set()) == asked  # records none
+    recorded = tmp_path / "gpt"
+    shutil.copytree(tiny_ckpts / "gpt", recorded)
+    meta = json.loads((recorded / "config.json").read_text())
+    meta["sampling"] = {"temperature": 0.7, "top_k": 4, "top_p": 0.9, "cfg_scale": None, "seed": 5}
+    (recorded / "config.json").write_text(json.dumps(meta))
+    got = pipeline.with_recorded_sampling(asked, str(recorded), {"top_k"})
+    assert got == SamplingOptions(temperature=0.7, top_k=8, top_p=0.9)  # the seed is not a recorded option

@@ -72,7 +72,7 @@ def test_train_gpt_smoke_run_builds_the_cache_and_a_loadable_checkpoint(tmp_path
     assert tok.returncode == 0, tok.stderr
     vae = tmp_path / "tok" / "checkpoints" / "last"
     out = run_script("train_gpt.py", f"checkpoint_vae={vae}", "gpt=tiny", "trainer=debug", "trainer.batch_size=4",
-                     f"hydra.run.dir={tmp_path / 'gpt'}", cwd=tmp_path)
+                     "sampling.temperature=0.5", "sampling.top_k=4", f"hydra.run.dir={tmp_path / 'gpt'}", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert len(list((tmp_path / ".cache" / "vqgpt" / "tokens").glob("patterns_16_*/header.json"))) == 1
     ckpt = load_checkpoint(tmp_path / "gpt" / "checkpoints" / "last", expected_stage="gpt")
@@ -80,6 +80,17 @@ def test_train_gpt_smoke_run_builds_the_cache_and_a_loadable_checkpoint(tmp_path
     rows = [json.loads(line) for line in (tmp_path / "gpt" / "metrics.jsonl").read_text().splitlines()]
     assert any("val/bits_per_token" in r for r in rows)
     assert (tmp_path / "gpt" / "samples" / "step_0000004.png").exists()
+    # sample.py starts from the sampling the GPT was trained with; what the command line sets wins
+    assert ckpt.meta["sampling"] == {"temperature": 0.5, "top_k": 4, "top_p": None, "cfg_scale": None, "steps": None,
+                                     "schedule": None, "confidence_noise": None, "denoising_steps": None}
+    gpt = tmp_path / "gpt" / "checkpoints" / "last"
+    drawn = run_script("sample.py", f"checkpoint_vae={vae}", f"checkpoint_gpt={gpt}", "sampling.num_samples=1",
+                       "sampling.top_k=8", f"hydra.run.dir={tmp_path / 's'}", cwd=tmp_path)
+    assert drawn.returncode == 0, drawn.stderr
+    said = drawn.stdout + drawn.stderr
+    assert "sampling as it was trained to: sampling.temperature=0.5 (set them to override)" in said
+    manifest = json.loads((tmp_path / "s" / "samples.json").read_text())["sampling"]
+    assert manifest["temperature"] == 0.5 and manifest["top_k"] == 8
     codes = run_script("extract_codes.py", f"checkpoint_vae={vae}", f"cache_dir={tmp_path / 'codes'}",
                        f"hydra.run.dir={tmp_path / 'x'}", cwd=tmp_path)
     assert codes.returncode == 0, codes.stderr

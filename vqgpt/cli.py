@@ -328,6 +328,17 @@ def _check_creatable(path: Path, key: str) -> None:
         raise UserError(f"{key}={path} cannot be created: no write permission in {probe}; pick another directory")
 
 
+def given_keys(prefix: str) -> set[str]:
+    """The keys under `prefix` that this run's command line set (`sampling.temperature=0.9` -> "temperature");
+    empty outside a Hydra run."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return set()
+    keys = (o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task)
+    return {k.removeprefix(prefix) for k in keys if k.startswith(prefix)}
+
+
 def hydra_run_dir() -> Path:
     """The current Hydra run dir (where outputs and the resolved config go)."""
     from hydra.core.hydra_config import HydraConfig

@@ -29,6 +29,11 @@ from vqgpt.tokenizers import Tokenizer
 
 log = logging.getLogger(__name__)  # scripts print it plainly (cli.py); Python callers configure logging
 
+DECODING_OPTIONS = ("steps", "schedule", "confidence_noise", "denoising_steps")  # an order's or a head's own
+# How a GPT draws its tokens: train_gpt.py records its run's `sampling` group under these keys, and sample.py,
+# edit.py and evaluate.py start from them (the command line's own still win)
+RECORDED_SAMPLING = ("temperature", "top_k", "top_p", "cfg_scale", *DECODING_OPTIONS)
+
 
 @dataclass
 class Models:
@@ -144,6 +149,18 @@ def check_sample_request(run: SampleRun) -> None:
     check_sample_run(run, config.get("vocab_size", 0), num_classes, masked=meta.get("arch") == "maskgit",
                      head=None if config.get("vocab_size") else config.get("head", "gaussian"))
     resolve_class(run.sampling.class_label, meta.get("class_names"), num_classes)
+
+
+def with_recorded_sampling(s: SamplingOptions, checkpoint_gpt: str, given: set[str]) -> SamplingOptions:
+    """`s` with the sampling the GPT was trained to draw with (its training run's `sampling` group, recorded in
+    its checkpoint) in every option of RECORDED_SAMPLING that is not in `given` (the ones the command line set).
+    A checkpoint that records none (written before vqgpt recorded it) leaves `s` as it is."""
+    recorded = read_meta(checkpoint_gpt, expected_stage="gpt").get("sampling") or {}
+    changes = {k: v for k, v in recorded.items() if k in RECORDED_SAMPLING and k not in given and getattr(s, k) != v}
+    if changes:
+        log.info(f"{checkpoint_gpt}: sampling as it was trained to: "
+                 + ", ".join(f"sampling.{k}={v}" for k, v in changes.items()) + " (set them to override)")
+    return dataclasses.replace(s, **changes)
 
 
 def load_models(run: SampleRun, device: torch.device) -> Models:

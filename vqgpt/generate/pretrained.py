@@ -37,6 +37,7 @@ from vqgpt.config import SamplingOptions
 from vqgpt.errors import UserError
 from vqgpt.generate.edit import edit_images, mask_region
 from vqgpt.generate.pipeline import (
+    DECODING_OPTIONS,
     Models,
     as_labels,
     check_classifier,
@@ -54,7 +55,6 @@ PIPELINE_FILE = "pipeline.json"
 FORMAT_VERSION = 1
 COMPONENTS = {"tokenizer": "tokenizer", "gpt": "gpt", "classifier": "classifier"}  # name -> checkpoint stage
 OUTPUT_TYPES = ("pil", "pt")
-DECODING_OPTIONS = ("steps", "schedule", "confidence_noise", "denoising_steps")  # an order's or a head's own
 SAMPLING_ARGUMENTS = ("temperature", "top_k", "top_p", "cfg_scale", "seed", "accept_n", *DECODING_OPTIONS)
 
 

@@ -24,7 +24,7 @@ from vqgpt.data.token_cache import TokenDataset, eval_split, prepare_token_cache
 from vqgpt.errors import UserError, argument_prefix
 from vqgpt.eval.evaluate import balanced_labels, build_fid, sample_fid
 from vqgpt.eval.likelihood import loss_metrics, test_loss
-from vqgpt.generate.pipeline import Models, check_decoding_options, class_grid
+from vqgpt.generate.pipeline import RECORDED_SAMPLING, Models, check_decoding_options, class_grid
 from vqgpt.generate.sampling import check_sampling_args
 from vqgpt.images import save_grid
 from vqgpt.models.gpt import GPT
@@ -110,7 +110,9 @@ class GPTTask:
         self.meta.update(vocab_size=self.config.vocab_size, block_size=self.config.block_size,
                          latent_grid=header["grid"], tokenizer_hash=header["tokenizer_hash"],
                          hflip_copies=run.hflip_copies,  # which token cache evaluate.py and classify.py open
-                         tokenizer_path=str(Path(vae_path).resolve()))
+                         tokenizer_path=str(Path(vae_path).resolve()),
+                         # how its grids and FID drew: where sample.py, edit.py and evaluate.py start
+                         sampling={k: getattr(run.sampling, k) for k in RECORDED_SAMPLING})
         self.out_dir, self.device, self.batch_size = engine.out_dir, device, t.batch_size
         self.fid_samples, self.fid_config, self.fid = run.fid_samples, run.fid, None
         s = self.sampling = run.sampling  # how the sample grids and FID-N draw
