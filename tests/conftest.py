@@ -100,6 +100,16 @@ def one_error_line(out: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
+def sharpened(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` in eval mode with every weight redrawn from N(0, 0.3) (from torch's RNG as it stands): its
+    predictions are far from uniform (an untrained model's near-uniform logits would let top_k/top_p/cfg bugs pass
+    unseen)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    return model.eval()
+
+
 def make_tokenizer(path: Path, data: DatasetConfig = PATTERNS, seed: int = 0) -> VQGAN:
     """An untrained 8x8 -> 4x4-token VQ-GAN (K=32) saved as a tokenizer checkpoint of `data`."""
     torch.manual_seed(seed)

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import sharpened
 
 from vqgpt.checkpoint import load_model, save_checkpoint
 from vqgpt.config import GPTConfig
@@ -23,30 +24,16 @@ from vqgpt.models.gpt import GPT
 VOCAB, BLOCK, CLASSES, BATCH = 17, 12, 3, 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny tensors: extra intra-op threads only add overhead on a shared 2-core box.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_config(**overrides) -> GPTConfig:
     cfg = dict(vocab_size=VOCAB, block_size=BLOCK, num_classes=CLASSES, n_layer=2, n_head=2, n_embd=32)
     return GPTConfig(**{**cfg, **overrides})
 
 
 def tiny_gpt(seed: int = 0, sharp: bool = True, **overrides) -> GPT:
-    """A tiny GPT in eval mode; `sharp` redraws its weights larger, so its predictions are far from uniform
-    (an untrained model's near-uniform logits would let top_k/top_p/cfg bugs pass unseen)."""
+    """A tiny GPT in eval mode; `sharp`: its weights redrawn larger (conftest.sharpened)."""
     torch.manual_seed(seed)
     model = GPT(tiny_config(**overrides))
-    if sharp:
-        with torch.no_grad():
-            for p in model.parameters():
-                p.normal_(0.0, 0.3)
-    return model.eval()
+    return sharpened(model) if sharp else model.eval()
 
 
 def tokens(batch: int = BATCH, seed: int = 0) -> torch.Tensor:

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import sharpened
 
 from vqgpt.checkpoint import load_model, save_checkpoint
 from vqgpt.config import GPTConfig, SamplingOptions
@@ -20,24 +21,12 @@ VOCAB, BLOCK, CLASSES, BATCH = 17, 12, 3, 4
 LABELS = torch.tensor([0, 1, 2, 1])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_maskgit(seed: int = 0, sharp: bool = True, **overrides) -> MaskGIT:
     """A tiny MaskGIT in eval mode; `sharp`: weights drawn larger, so its predictions are far from uniform."""
     torch.manual_seed(seed)
     cfg = dict(name="maskgit", vocab_size=VOCAB, block_size=BLOCK, num_classes=CLASSES, n_layer=2, n_head=2, n_embd=32)
     model = MaskGIT(GPTConfig(**{**cfg, **overrides}))
-    if sharp:
-        with torch.no_grad():
-            for p in model.parameters():
-                p.normal_(0.0, 0.3)
-    return model.eval()
+    return sharpened(model) if sharp else model.eval()
 
 
 def tokens(batch: int = BATCH, seed: int = 0) -> torch.Tensor:

@@ -53,16 +53,6 @@ def images(cfg: VQGANConfig, batch: int = 2, seed: int = 0) -> torch.Tensor:
     return torch.rand(batch, cfg.in_channels, cfg.image_size, cfg.image_size, generator=g) * 2 - 1
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # These tensors are tiny: intra-op threads only add overhead, and on a busy 2-core box OpenMP's
-    # spin-waiting made this file 10x slower (45 s instead of 5 s). Restored for the other test files.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def lpips_net() -> nn.Module:
     # A RANDOM VGG backbone (with the lpips package's bundled linear heads): the invariants tested here
