@@ -38,6 +38,8 @@ def budget_row(run: Path) -> dict | None:
     return {
         "budget": run.name,
         "train_seconds": {s: times[s]["seconds"] for s in TRAIN_STAGES if s in times},
+        # a stage not timed alone in one piece: its time from per-step times measured alone (times.jsonl says how)
+        "train_estimated": {s: times[s]["estimated"] for s in TRAIN_STAGES if times.get(s, {}).get("estimated")},
         "commands": {s: times[s]["command"] for s in times},
         "tokenizer": {k: tok[k] for k in ("rfid", "psnr", "ssim", "lpips", "usage", "perplexity", "num_images")},
         "tokenizer_protocol": tok["protocol"],
@@ -67,10 +69,11 @@ def markdown(result: dict) -> str:
     for r in result["budgets"]:
         t, s = r["tokenizer"], r["train_seconds"]
         acc = "" if r["class_accuracy"] is None else f"{r['class_accuracy']:.1%}"
+        est = {k: "~" if k in r.get("train_estimated", {}) else "" for k in TRAIN_STAGES}
         lines.append(f"| {r['budget']} | {t['rfid']:.2f} [{r['rfid_protocol_id']}], {t['psnr']:.2f} dB, "
                      f"{t['lpips']:.3f} | {r['gpt']['bits_per_dim']:.3f} | {r['fid']:.2f} "
-                     f"[{r['fid_protocol_id']}] | {acc} | {s.get('tokenizer', 0) / 60:.0f} + "
-                     f"{s.get('gpt', 0) / 60:.0f} min |")
+                     f"[{r['fid_protocol_id']}] | {acc} | {est['tokenizer']}{s.get('tokenizer', 0) / 60:.0f} + "
+                     f"{est['gpt']}{s.get('gpt', 0) / 60:.0f} min |")
     lines.append(f"\n{result['machine']}, {result['date']}.")
     return "\n".join(lines)
 
