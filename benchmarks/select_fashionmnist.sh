@@ -83,4 +83,8 @@ tokenizer t_vgg_disc_3500 tokenizer.loss.disc_start=1000 trainer.max_steps=3500 
   trainer.sample_every=3500 "${TWO[@]}"
 gpt g1h_4x128_11000 t_vgg_disc_3500 11000 "${TWO[@]}"
 
+# 6. the next 1-hour tokenizer, without the GAN (t_vgg beat t_vgg_disc, section 1), alone at two threads
+tokenizer t_vgg_3500 tokenizer.loss.disc_start=1000000 trainer.max_steps=3500 trainer.eval_every=3500 \
+  trainer.sample_every=3500 "${TWO[@]}"
+
 $PY benchmarks/select_table.py "$OUT"
