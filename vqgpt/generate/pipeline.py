@@ -29,7 +29,8 @@ from vqgpt.tokenizers import Tokenizer
 
 log = logging.getLogger(__name__)  # scripts print it plainly (cli.py); Python callers configure logging
 
-DECODING_OPTIONS = ("steps", "schedule", "confidence_noise", "denoising_steps")  # an order's or a head's own
+MASKED_OPTIONS = ("steps", "schedule", "confidence_noise")  # a masked GPT's own
+DECODING_OPTIONS = (*MASKED_OPTIONS, "denoising_steps")  # an order's or a head's own (the diffusion head's last)
 # How a GPT draws its tokens: train_gpt.py records its run's `sampling` group under these keys, and sample.py,
 # edit.py and evaluate.py start from them (the command line's own still win)
 RECORDED_SAMPLING = ("temperature", "top_k", "top_p", "cfg_scale", *DECODING_OPTIONS)
@@ -106,7 +107,7 @@ def check_decoding_options(s: SamplingOptions, masked: bool, head: str | None = 
             raise ArgumentError("compile", s.compile, "it compiles a raster GPT's one-token decode step, and a masked "
                                 "GPT runs a few whole-grid passes instead: leave it false")
     else:
-        for key in ("steps", "schedule", "confidence_noise"):
+        for key in MASKED_OPTIONS:
             if getattr(s, key) is not None:
                 raise ArgumentError(key, getattr(s, key), "only a masked GPT (gpt.name=maskgit) takes it; this one "
                                     "is raster-order, one token per step: leave it null")
