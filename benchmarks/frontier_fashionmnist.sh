@@ -17,8 +17,8 @@ PY=${PY:-.venv/bin/python}
 BUDGETS=${*:-20min 1h 2h}
 DATA=(dataset=fashionmnist dataset.image_size=32 dataset.resize=pad dataset.val_size=2000)
 # How each budget's GPT samples, chosen by FID-2k on the val split (docs/quality.md)
-# 20min: no guidance (cfg_scale 1.5 and 2.5 gave FID-2k 30.2 and 33.7 against 29.7); 1h: as 20min, not swept
-declare -A SAMPLING=([20min]="" [1h]="")
+# 20min: no guidance (cfg_scale 1.5 and 2.5 gave FID-2k 30.2 and 33.7 against 29.7); 1h, 2h: as 20min, not swept
+declare -A SAMPLING=([20min]="" [1h]="" [2h]="")
 
 stage() {  # stage DIR NAME COMMAND...: run it, append its wall time to DIR/times.jsonl
   local dir=$1 name=$2 start
