@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import logging
 import os
 import pickle
@@ -26,6 +27,7 @@ from vqgpt.data.inspect import inspect_dataset
 from vqgpt.errors import UserError
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class Offline:
@@ -167,6 +169,22 @@ def test_val_split_of_a_folder_keeps_its_file_list(tmp_path):
     train, val = build_dataset(c, "train"), build_dataset(c, "val")
     assert len(val.paths) == 4 and not set(val.paths) & set(train.paths)
     assert data.files_fingerprint(val) != data.files_fingerprint(train)
+
+
+def test_the_held_out_digits_folder_reads_as_a_user_folder(tmp_path):
+    """benchmarks/digits_folder.py (the held-out check's data) writes what dataset=folder takes: train/ and test/
+    of 10 class sub-folders, 32x32 grey PNGs, every fifth image of a class in test."""
+    pytest.importorskip("sklearn")
+    spec = importlib.util.spec_from_file_location("digits_folder", ROOT / "benchmarks" / "digits_folder.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.write_folder(tmp_path / "digits") == {"train": 1442, "test": 355}
+    c = cfg("folder", root=str(tmp_path / "digits"), image_size=32, channels=1, resize="pad")
+    train, test = build_dataset(c, "train"), build_dataset(c, "test")
+    assert (len(train), len(test)) == (1442, 355) and not set(train.paths) & set(test.paths)
+    assert dataset_info(c, train)["class_names"] == [str(d) for d in range(10)]
+    image, label = test[0]
+    assert image.shape == (1, 32, 32) and label == 0 and image.min() < -0.9 and image.max() > 0.5
 
 
 # ----------------------------------------------------------------------------------------------------------
