@@ -337,3 +337,43 @@ def test_one_generator_step_and_one_discriminator_step_each_move_only_their_para
     assert moved(criterion.discriminator, d_before) == with_grad and len(with_grad) >= len(d_before) - 1
     assert not moved(model, g_after)
     assert set(d_logs) == {"train/d_loss", "train/logits_real", "train/logits_fake"}
+
+
+def test_discriminator_probe_tells_a_blind_discriminator_from_a_seeing_one(tmp_path):
+    """benchmarks/discriminator_probe.py (docs/quality.md): a discriminator whose convolutions are zero gives every
+    input the same logit and is called blind; a fresh one does not; a checkpoint without one is refused."""
+    import dataclasses
+    import importlib.util
+    from pathlib import Path
+
+    from conftest import PATTERNS
+
+    from vqgpt.checkpoint import save_checkpoint
+    from vqgpt.data import dataset_info
+
+    spec = importlib.util.spec_from_file_location(
+        "discriminator_probe", Path(__file__).resolve().parent.parent / "benchmarks" / "discriminator_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    torch.manual_seed(0)
+    cfg = VQGANConfig(in_channels=3, image_size=8, channels=8, ch_mult=[1, 2], num_res_blocks=1, z_channels=8,
+                      embed_dim=4, quantizer=VQConfig(num_codewords=32, embedding_dim=4),
+                      loss=TokenizerLossConfig(disc_layers=1, disc_channels=8))
+    model = VQGAN(cfg).eval()
+    meta = {**dataset_info(PATTERNS), **model.checkpoint_meta(), "data_config": dataclasses.asdict(PATTERNS)}
+    seeing, blind = build_discriminator(cfg), build_discriminator(cfg)
+    with torch.no_grad():
+        for conv in (m for m in blind.modules() if isinstance(m, nn.Conv2d)):
+            conv.weight.zero_()  # only the first layer's bias is left: the same map for every image
+        blind.main[0].bias.fill_(0.5)
+    spreads = {}
+    for name, disc in (("seeing", seeing), ("blind", blind)):
+        save_checkpoint(tmp_path / name, model, stage="tokenizer", arch="vqgan", meta=meta, step=1,
+                        train_state={"modules": {"discriminator": disc.state_dict()}})
+        logits = probe.probe(str(tmp_path / name), num=4)["logits"]
+        assert set(logits) == {"real", "reconstruction", "noise", "black", "white"}
+        spreads[name] = max(logits.values()) - min(logits.values())
+    assert spreads["blind"] < 1e-6 < 1e-3 < spreads["seeing"]
+    save_checkpoint(tmp_path / "none", model, stage="tokenizer", arch="vqgan", meta=meta, step=0)
+    with pytest.raises(SystemExit, match="holds no discriminator"):
+        probe.probe(str(tmp_path / "none"), num=4)
