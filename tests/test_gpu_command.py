@@ -31,3 +31,4 @@ def test_the_gpu_command_runs_every_step_at_toy_sizes(tmp_path):
     training = json.loads((tmp_path / "out" / "training_speed.json").read_text())
     assert {row["case"] for row in training["results"]} == {"vqgpt", "vqgpt_fused", "hf"}
     assert "bits_per_dim" in json.loads((tmp_path / "out" / "gpt_eval.json").read_text())
+    assert "== discriminator: ok" in log and "reconstruction: mean logit" in log  # the PatchGAN probe ran

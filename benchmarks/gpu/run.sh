@@ -74,6 +74,8 @@ step tokenizer_speed $PY benchmarks/tokenizer_speed.py --device $DEVICE "${TOKEN
 step tokenizer $PY scripts/train_tokenizer.py experiment=tokenizer_fashionmnist $DATA dataset.image_size=32 \
   dataset.resize=pad trainer.max_steps=$TOK_STEPS "${TRAIN[@]}" "${TOK[@]}" hydra.run.dir="$WORK/tokenizer"
 cp "$WORK/tokenizer/eval.json" "$OUT/tokenizer_eval.json" 2>/dev/null
+# is its PatchGAN still looking at its input at this length? (on the CPU machine's recipes it went blind)
+step discriminator $PY benchmarks/discriminator_probe.py "$WORK/tokenizer/checkpoints/last"
 step gpt $PY scripts/train_gpt.py experiment=gpt_fashionmnist checkpoint_vae="$WORK/tokenizer/checkpoints/last" \
   trainer.max_steps=$GPT_STEPS "${TRAIN[@]}" "${GPT[@]}" cache_dir="$WORK/tokens" hydra.run.dir="$WORK/gpt"
 cp "$WORK/gpt/eval.json" "$OUT/gpt_eval.json" 2>/dev/null
