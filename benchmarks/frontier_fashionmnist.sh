@@ -29,14 +29,8 @@ stage() {  # stage DIR NAME COMMAND...: run it, append its wall time to DIR/time
   echo "{\"stage\": \"$name\", \"seconds\": $(($(date +%s) - start)), \"command\": \"$*\"}" >>"$dir/times.jsonl"
 }
 
-train() {  # train DIR SCRIPT ARGS...: fresh, or resumed from DIR's last checkpoint; skipped once DIR/done exists
-  local dir=$1 script=$2
-  shift 2
-  [ -e "$dir/done" ] && return
-  local resume=()
-  [ -e "$dir/checkpoints/last/config.json" ] && resume=(resume=true)
-  "$PY" "scripts/$script" "$@" "${resume[@]}" hydra.run.dir="$dir" && touch "$dir/done"
-}
+# shellcheck source=benchmarks/train_or_resume.sh
+source benchmarks/train_or_resume.sh  # train DIR SCRIPT ARGS...
 
 CLS=$OUT/classifier
 [ -e "$CLS/done" ] || stage "$OUT" classifier train "$CLS" train_classifier.py "${DATA[@]}" trainer.max_steps=1000 \

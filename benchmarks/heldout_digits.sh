@@ -15,14 +15,8 @@ VAE=$OUT/tokenizer/checkpoints/last
 GPT=$OUT/gpt/checkpoints/last
 CLS=$OUT/classifier/checkpoints/last
 
-train() {  # train DIR SCRIPT ARGS...: fresh, or resumed from DIR's last checkpoint; skipped once DIR/done exists
-  local dir=$1 script=$2
-  shift 2
-  [ -e "$dir/done" ] && return
-  local resume=()
-  [ -e "$dir/checkpoints/last/config.json" ] && resume=(resume=true)
-  "$PY" "scripts/$script" "$@" "${resume[@]}" hydra.run.dir="$dir" && touch "$dir/done"
-}
+# shellcheck source=benchmarks/train_or_resume.sh
+source benchmarks/train_or_resume.sh  # train DIR SCRIPT ARGS...
 
 [ -d "$OUT/data" ] || $PY benchmarks/digits_folder.py "$OUT/data"
 train "$OUT/tokenizer" train_tokenizer.py experiment=tokenizer_demo "${DATA[@]}"
