@@ -5,7 +5,7 @@
 #   bash benchmarks/heldout_digits.sh        # about 25 minutes alone on a 2-core CPU; resumable
 # Then on the test split: the tokenizer's rFID/PSNR/LPIPS, the GPT's bits/dim, FID of 1,000 class-balanced samples
 # (against 355 test images: compare it only with this folder's rFID) and their class accuracy under a small CNN
-# trained on the folder, and a grid of samples (docs/quality.md's held-out section reads them).
+# trained on the folder, and a grid of samples (outputs/heldout_digits/samples).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-outputs/heldout_digits}
