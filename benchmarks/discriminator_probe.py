@@ -22,7 +22,7 @@ from vqgpt.train.state import load_train_state
 
 
 @torch.no_grad()
-def probe(path: str, num: int) -> dict[str, float]:
+def probe(path: str, num: int) -> dict[str, dict[str, float]]:
     """Mean logit per kind of input, and the weight norms of the discriminator's layers."""
     ckpt = load_checkpoint(path, expected_stage="tokenizer")
     state = load_train_state(path)
@@ -42,8 +42,7 @@ def probe(path: str, num: int) -> dict[str, float]:
         "white": torch.ones_like(real),
     }
     logits = {name: discriminator(x).mean().item() for name, x in inputs.items()}
-    norms = {name: p.norm().item() for name, p in discriminator.state_dict().items() if name.endswith("weight")
-             or name.endswith("bias")}
+    norms = {name: p.norm().item() for name, p in discriminator.state_dict().items()}  # its weights and biases
     return {"logits": logits, "norms": norms}
 
 
