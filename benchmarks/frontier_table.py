@@ -23,7 +23,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 PLOT = ROOT / "docs" / "images" / "frontier_fashionmnist.png"
 # The CPU recipe before the frontier (L1-only tokenizer, 2026-12-02): drawn grey for comparison, same protocol
 BEFORE = RESULTS / "quality_fashionmnist.json"
-ORDER = ("20min", "1h", "2h")  # the budgets, in the order of the table; others follow by name
+ORDER = ("20min", "1h", "2h")  # the budgets, in the order of the table and joined in the plot; others (a variant
+# of one, such as 1h_kl: continuous tokens) follow by name and are drawn as points of their own
 TRAIN_STAGES = ("tokenizer", "gpt")  # what a budget counts (evaluation and the shared classifier do not)
 
 
@@ -41,9 +42,10 @@ def budget_row(run: Path) -> dict | None:
         # a stage not timed alone in one piece: its time from per-step times measured alone (times.jsonl says how)
         "train_estimated": {s: times[s]["estimated"] for s in TRAIN_STAGES if times.get(s, {}).get("estimated")},
         "commands": {s: times[s]["command"] for s in times},
-        "tokenizer": {k: tok[k] for k in ("rfid", "psnr", "ssim", "lpips", "usage", "perplexity", "num_images")},
+        # a KL tokenizer has no codebook (usage, perplexity) and a diffusion head no likelihood (bits/dim): None
+        "tokenizer": {k: tok.get(k) for k in ("rfid", "psnr", "ssim", "lpips", "usage", "perplexity", "num_images")},
         "tokenizer_protocol": tok["protocol"],
-        "gpt": {k: gpt[k] for k in ("loss", "bits_per_token", "bits_per_dim")},
+        "gpt": {k: gpt.get(k) for k in ("loss", "bits_per_token", "bits_per_dim")},
         "fid": sample["fid"], "fid_protocol": sample["protocol"], "noise_floor": sample["fid_noise_floor"],
         "cfg_scale": sample["cfg_scale"], "class_accuracy": sample.get("class_accuracy"),
     }
@@ -70,8 +72,9 @@ def markdown(result: dict) -> str:
         t, s = r["tokenizer"], r["train_seconds"]
         acc = "" if r["class_accuracy"] is None else f"{r['class_accuracy']:.1%}"
         est = {k: "~" if k in r.get("train_estimated", {}) else "" for k in TRAIN_STAGES}
+        bpd = "-" if r["gpt"]["bits_per_dim"] is None else f"{r['gpt']['bits_per_dim']:.3f}"
         lines.append(f"| {r['budget']} | {t['rfid']:.2f} [{r['rfid_protocol_id']}], {t['psnr']:.2f} dB, "
-                     f"{t['lpips']:.3f} | {r['gpt']['bits_per_dim']:.3f} | {r['fid']:.2f} "
+                     f"{t['lpips']:.3f} | {bpd} | {r['fid']:.2f} "
                      f"[{r['fid_protocol_id']}] | {acc} | {est['tokenizer']}{s.get('tokenizer', 0) / 60:.0f} + "
                      f"{est['gpt']}{s.get('gpt', 0) / 60:.0f} min |")
     lines.append(f"\n{result['machine']}, {result['date']}.")
@@ -98,7 +101,11 @@ def plot(result: dict, path: Path, before: tuple[float, float] | None = None) ->
     hours = [sum(r["train_seconds"].values()) / 3600 for r in rows]
     fid = [r["fid"] for r in rows]
     fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
-    ax.plot(hours, fid, "o-", color="tab:blue", label="frontier recipes")
+    line = [i for i, r in enumerate(rows) if r["budget"] in ORDER]
+    ax.plot([hours[i] for i in line], [fid[i] for i in line], "o-", color="tab:blue", label="frontier recipes")
+    others = [i for i in range(len(rows)) if i not in line]
+    if others:
+        ax.plot([hours[i] for i in others], [fid[i] for i in others], "D", color="tab:orange", label="variants")
     if before is not None:
         ax.plot(*before, "s", color="grey", label="before: L1-only tokenizer")
         ax.annotate(f"{before[1]:.1f}", before, textcoords="offset points", xytext=(6, -12), fontsize=8, color="grey")

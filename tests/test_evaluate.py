@@ -123,27 +123,32 @@ def test_the_frontier_table_letters_fids_by_protocol_and_plots_them(tmp_path):
               "input": "i", "reference": "fashionmnist test split", "reference_size": 10000, "num_samples": 10000,
               "class_balance": "the test split's own", "stats_dtype": "float64"}
     gpt_record = {**record, "class_balance": "balanced: 1000 per class (10 classes)"}
-    for budget, rfid, fid, minutes in (("1h", 2.0, 6.0, 60), ("20min", 3.0, 8.0, 10), ("unfinished", 1.0, 1.0, 1)):
+    budgets = (("1h", 2.0, 6.0, 60), ("1h_kl", 1.5, 9.0, 60), ("20min", 3.0, 8.0, 10), ("unfinished", 1.0, 1.0, 1))
+    for budget, rfid, fid, minutes in budgets:
         run = tmp_path / budget
         (run / "eval_tokenizer").mkdir(parents=True)
+        codebook = {} if budget == "1h_kl" else {"usage": 1.0, "perplexity": 200.0}  # a KL tokenizer has none
         (run / "eval_tokenizer" / "eval.json").write_text(json.dumps(
-            {"rfid": rfid, "psnr": 24.0, "ssim": 0.9, "lpips": 0.1, "usage": 1.0, "perplexity": 200.0,
-             "num_images": 10000, "protocol": record}))
+            {"rfid": rfid, "psnr": 24.0, "ssim": 0.9, "lpips": 0.1, **codebook, "num_images": 10000,
+             "protocol": record}))
         (run / "times.jsonl").write_text("\n".join(json.dumps({"stage": s, "seconds": minutes * 30, "command": s})
                                                    for s in ("tokenizer", "gpt", "eval_gpt", "eval_tokenizer")))
         if budget == "unfinished":
             continue  # no GPT evaluation yet: left out
         (run / "eval_gpt").mkdir()
+        # a diffusion head's loss is no likelihood: no bits
+        bits = {} if budget == "1h_kl" else {"bits_per_token": 2.6, "bits_per_dim": 0.16}
         (run / "eval_gpt" / "eval.json").write_text(json.dumps(
-            {"loss": 1.8, "bits_per_token": 2.6, "bits_per_dim": 0.16, "samples": [
+            {"loss": 1.8, **bits, "samples": [
                 {"cfg_scale": None, "fid": fid, "fid_noise_floor": 1.0, "fid_noise_floor_size": 5000,
                  "protocol": gpt_record, "class_accuracy": 0.75}]}))
     result = frontier_table.build(tmp_path)
-    assert [r["budget"] for r in result["budgets"]] == ["20min", "1h"]  # by budget, not by name
-    assert [(r["rfid_protocol_id"], r["fid_protocol_id"]) for r in result["budgets"]] == [("A", "B"), ("A", "B")]
+    assert [r["budget"] for r in result["budgets"]] == ["20min", "1h", "1h_kl"]  # by budget, not by name
+    assert [(r["rfid_protocol_id"], r["fid_protocol_id"]) for r in result["budgets"]] == [("A", "B")] * 3
     assert result["budgets"][0]["train_seconds"] == {"tokenizer": 300, "gpt": 300}  # evaluation is not training
     table = frontier_table.markdown(result)
     assert "| 20min | 3.00 [A], 24.00 dB, 0.100 | 0.160 | 8.00 [B] | 75.0% | 5 + 5 min |" in table
+    assert "| 1h_kl | 1.50 [A], 24.00 dB, 0.100 | - | 9.00 [B] | 75.0% | 30 + 30 min |" in table
     frontier_table.plot(result, tmp_path / "plot.png")
     assert Image.open(tmp_path / "plot.png").size[0] > 300
 
