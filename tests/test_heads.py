@@ -108,3 +108,34 @@ def test_denoising_steps_belong_to_the_diffusion_head():
     check_decoding_options(SamplingOptions(denoising_steps=20), masked=False, head="diffusion")
     with pytest.raises(ValueError, match="diffusion_width=7 must be even"):
         PatchGPT(config(num_classes=0, diffusion_width=7))
+
+
+def test_head_step_cost_times_a_training_step_of_every_case(tmp_path, monkeypatch):
+    """benchmarks/head_step_cost.py (what sets gpt_fashionmnist_1h_kl's steps): every case is the frontier GPT with
+    one head, a timed step trains it, and the JSON gives each case's ratio to the VQ step."""
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(root / "benchmarks"))  # as `python benchmarks/head_step_cost.py` runs: bench_common
+    try:
+        spec = importlib.util.spec_from_file_location("head_step_cost", root / "benchmarks" / "head_step_cost.py")
+        bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench)
+    finally:
+        sys.path.remove(str(root / "benchmarks"))
+    for changes in bench.CASES.values():
+        step, model = bench.step_fn(changes, batch=2)
+        before = [p.detach().clone() for p in model.parameters()]
+        step()
+        assert sum(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True)) > len(before) // 2
+    out = tmp_path / "cost.json"
+    monkeypatch.setattr(sys, "argv", ["head_step_cost.py", "--batch", "2", "--runs", "1", "--out", str(out)])
+    bench.main()
+    cases = json.loads(out.read_text())["cases"]
+    assert set(cases) == set(bench.CASES)
+    assert cases["vq_codes"]["ratio_to_vq"] == 1.0
+    assert cases["diffusion_256x3_draws4"]["parameters"] > cases["diffusion_128x2_draws4"]["parameters"]
+    assert all(c["ms_per_step"] > 0 for c in cases.values())
