@@ -106,6 +106,27 @@ def test_gpt_training_logs_fid_n_through_the_same_code(tmp_path):
     assert json.loads((tmp_path / "run" / "eval.json").read_text())["fid_protocol"]["reference_size"] == 4
 
 
+def test_fid_every_keeps_fid_n_to_its_steps_and_the_end(tmp_path):
+    """fid_every: FID-N at the evaluations on its multiples and the last one, not at every evaluation; a value
+    that no evaluation falls on is refused before anything is built."""
+    vae = tmp_path / "tok"
+    make_tokenizer(vae)
+    trainer = TrainerConfig(max_steps=3, batch_size=4, warmup_steps=1, device="cpu", num_workers=0, log_every=1,
+                            eval_every=1, sample_every=100, checkpoint_every=100, progress_bar=False)
+    run = TrainGPTRun(checkpoint_vae=str(vae), trainer=trainer, gpt=GPTConfig(n_layer=1, n_head=2, n_embd=16),
+                      fid_samples=4, fid_every=2, fid=dataclasses.replace(FIDConfig(), reference_size=4,
+                                                                          batch_size=4, inception_score=False))
+    engine = Engine(run.trainer, tmp_path / "run", {}, run.logger, resume=None)
+    with torch.random.fork_rng(devices=[]):
+        engine.fit(GPTTask(run, engine))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(row["step"] for row in rows if "val/fid" in row) == [2, 3]
+    assert sorted(row["step"] for row in rows if "val/loss" in row) == [1, 2, 3]
+    bad = dataclasses.replace(run, fid_every=3, trainer=dataclasses.replace(trainer, eval_every=2))
+    with pytest.raises(UserError, match=r"fid_every=3: .* multiple of trainer.eval_every=2"):
+        GPTTask(bad, Engine(bad.trainer, tmp_path / "bad", {}, bad.logger, resume=None))
+
+
 def test_the_frontier_table_letters_fids_by_protocol_and_plots_them(tmp_path):
     import importlib.util
     import sys

@@ -369,6 +369,7 @@ class TrainGPTRun:
     cache_dir: str | None = None  # token cache; None = next to the tokenizer checkpoint
     hflip_copies: bool = False  # also cache horizontally flipped training images (doubles the train split)
     fid_samples: int = 0  # log val/fid of this many samples every trainer.eval_every steps; 0 = off
+    fid_every: int | None = None  # FID-N only every this many steps (a multiple of eval_every) and at the end
     fid: FIDConfig = field(default_factory=FIDConfig)  # its protocol options
     out_dir: str = "."
     resume: str | None = None

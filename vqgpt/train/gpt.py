@@ -76,6 +76,9 @@ class GPTTask:
         t, device = run.trainer, engine.device
         if run.fid_samples < 0 or run.fid_samples == 1:
             raise UserError(f"fid_samples={run.fid_samples}: FID needs at least 2 samples (or 0 for off)")
+        if run.fid_every is not None and (run.fid_every <= 0 or run.fid_every % t.eval_every):
+            raise UserError(f"fid_every={run.fid_every}: FID-N runs with an evaluation, so it must be a positive "
+                            f"multiple of trainer.eval_every={t.eval_every} (or null: at every evaluation)")
         with argument_prefix("sampling."):  # before the token cache is built: a refused run does nothing
             check_decoding_options(run.sampling, masked=run.gpt.name == "maskgit", head=run.gpt.head)
         if run.sampling.quantize is not None:
@@ -115,6 +118,8 @@ class GPTTask:
                          sampling={k: getattr(run.sampling, k) for k in RECORDED_SAMPLING})
         self.out_dir, self.device, self.batch_size = engine.out_dir, device, t.batch_size
         self.fid_samples, self.fid_config, self.fid = run.fid_samples, run.fid, None
+        # done: the steps trained so far; a finished run that is resumed trains none, and evaluates as the end
+        self.fid_every, self.max_steps, self.done = run.fid_every, t.max_steps, t.max_steps
         s = self.sampling = run.sampling  # how the sample grids and FID-N draw
         with argument_prefix("sampling."):
             check_sampling_args(self.config.vocab_size, s.temperature, s.top_k, s.top_p, s.cfg_scale,
@@ -133,6 +138,7 @@ class GPTTask:
                 f"{'class-conditional' if self.conditional else 'unconditional'}")
 
     def train_step(self, e: Engine, step: int) -> dict[str, Any]:
+        self.done = step + 1  # what an evaluation after this step counts (fid_every)
         total = torch.zeros((), device=e.device)
         for tokens, labels in e.micro_batches(self.net):  # the mean over trainer.grad_accum micro-batches
             with e.autocast:
@@ -146,7 +152,8 @@ class GPTTask:
         loss = test_loss(model, self.test_loader, self.device, self.conditional)
         dims = self.meta["channels"] * self.meta["image_size"] ** 2
         results: dict[str, Any] = loss_metrics(model, loss, dims)
-        if self.fid_samples:
+        every = self.fid_every or 1
+        if self.fid_samples and (self.done % every == 0 or self.done >= self.max_steps):
             results.update(self.sample_fid(model))
         return results
 
