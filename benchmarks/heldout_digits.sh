@@ -3,6 +3,8 @@
 # tuned on, the way a user brings one (dataset=folder). The folder: UCI's handwritten digits from scikit-learn,
 # upscaled to 32x32 (benchmarks/digits_folder.py; 1,442 train / 355 test images in class sub-folders).
 #   bash benchmarks/heldout_digits.sh        # about 25 minutes alone on a 2-core CPU; resumable
+#   THREADS=1 bash benchmarks/heldout_digits.sh    # one torch thread a stage (the recipes' two: with another
+#                                                  # process busy on the other core)
 # Then on the test split: the tokenizer's rFID/PSNR/LPIPS, the GPT's bits/dim, FID of 1,000 class-balanced samples
 # (against 355 test images: compare it only with this folder's rFID) and their class accuracy under a small CNN
 # trained on the folder, and a grid of samples (outputs/heldout_digits/samples).
@@ -10,6 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-outputs/heldout_digits}
 PY=${PY:-.venv/bin/python}
+THREADS=${THREADS:-2}
+export OMP_NUM_THREADS=$THREADS  # evaluate.py's and sample.py's torch threads
 DATA=(dataset=folder dataset.root="$OUT/data")
 VAE=$OUT/tokenizer/checkpoints/last
 GPT=$OUT/gpt/checkpoints/last
@@ -19,10 +23,10 @@ CLS=$OUT/classifier/checkpoints/last
 source benchmarks/train_or_resume.sh  # train DIR SCRIPT ARGS...
 
 [ -d "$OUT/data" ] || $PY benchmarks/digits_folder.py "$OUT/data"
-train "$OUT/tokenizer" train_tokenizer.py experiment=tokenizer_demo "${DATA[@]}"
-train "$OUT/gpt" train_gpt.py experiment=gpt_demo checkpoint_vae="$VAE"
+train "$OUT/tokenizer" train_tokenizer.py experiment=tokenizer_demo "${DATA[@]}" trainer.num_threads="$THREADS"
+train "$OUT/gpt" train_gpt.py experiment=gpt_demo checkpoint_vae="$VAE" trainer.num_threads="$THREADS"
 train "$OUT/classifier" train_classifier.py "${DATA[@]}" dataset.image_size=32 dataset.channels=1 \
-  dataset.resize=pad trainer.max_steps=1000 trainer.num_threads=2
+  dataset.resize=pad trainer.max_steps=1000 trainer.num_threads="$THREADS"
 [ -e "$OUT/eval_tokenizer/eval.json" ] || $PY scripts/evaluate.py stage=tokenizer checkpoint_vae="$VAE" \
   hydra.run.dir="$OUT/eval_tokenizer"
 [ -e "$OUT/eval_gpt/eval.json" ] || $PY scripts/evaluate.py stage=gpt checkpoint_vae="$VAE" checkpoint_gpt="$GPT" \
