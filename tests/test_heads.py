@@ -139,3 +139,18 @@ def test_head_step_cost_times_a_training_step_of_every_case(tmp_path, monkeypatc
     assert cases["vq_codes"]["ratio_to_vq"] == 1.0
     assert cases["diffusion_256x3_draws4"]["parameters"] > cases["diffusion_128x2_draws4"]["parameters"]
     assert all(c["ms_per_step"] > 0 for c in cases.values())
+
+
+@pytest.mark.parametrize("head, unit", [("gaussian", "Gaussian NLL, nats/number"), ("mse", "MSE"),
+                                        ("mixture", "mixture NLL, nats/number"),
+                                        ("diffusion", "denoising loss, not a likelihood")])
+def test_evaluate_names_each_heads_loss(head, unit):
+    """Regression: evaluate.py printed a diffusion head's test loss as "per number (Gaussian NLL or MSE)"."""
+    from vqgpt.eval.evaluate import table
+    from vqgpt.eval.likelihood import loss_unit
+
+    assert loss_unit(PatchGPT(config(head=head, num_classes=0))) == unit
+    row = {"cfg_scale": None, "fid": 9.0, "seconds": 1.0, "fid_noise_floor": 1.0, "fid_noise_floor_size": 2,
+           "protocol": {"num_samples": 4}}
+    text = table({"stage": "gpt", "loss": 0.25, "loss_unit": unit, "samples": [row]})
+    assert f"test: loss 0.2500 ({unit})" in text.splitlines()

@@ -247,6 +247,7 @@ def test_a_masked_gpt_trains_samples_evaluates_and_probes_through_the_same_scrip
     assert out.returncode == 0, out.stderr
     evaluated = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert evaluated["samples"][0]["fid"] > 0 and "bits_per_dim" not in evaluated
+    assert evaluated["loss_unit"] == "nats per masked token, not a likelihood: no bits/dim"
 
     (tmp_path / "probe").mkdir()
     probe = classify(ClassifyRun(checkpoint_gpt=str(gpt), cache_dir=str(tmp_path / "cache"),

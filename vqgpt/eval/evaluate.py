@@ -33,7 +33,7 @@ from vqgpt.data import SPLITS, build_dataset
 from vqgpt.data.token_cache import TokenDataset, prepare_token_cache
 from vqgpt.errors import UserError
 from vqgpt.eval.fid import FID
-from vqgpt.eval.likelihood import loss_metrics, test_loss
+from vqgpt.eval.likelihood import loss_metrics, loss_unit, test_loss
 from vqgpt.eval.lpips import build_lpips
 from vqgpt.eval.reconstruction import reconstruction_metrics
 from vqgpt.generate.pipeline import (
@@ -179,14 +179,18 @@ def sample_fid(models: Models, fid: FID, labels: torch.Tensor | None, num: int, 
     return out
 
 
-def token_metrics(run: EvaluateRun, models: Models, device: torch.device) -> dict[str, float]:
-    """Test-split nats/token, bits/token and bits/dim (of the token stream per sub-pixel) from the token cache."""
+def token_metrics(run: EvaluateRun, models: Models, device: torch.device) -> dict[str, Any]:
+    """Test-split nats/token, bits/token and bits/dim (of the token stream per sub-pixel) from the token cache; a
+    loss without bits comes with its unit."""
     hflip = bool(read_meta(run.checkpoint_gpt).get("hflip_copies"))  # the GPT's own cache (its test split either way)
     cache, _ = prepare_token_cache(run.checkpoint_vae, None, run.cache_dir, hflip, device=device)
     loader = DataLoader(TokenDataset(cache, "test"), batch_size=run.batch_size)
     loss = test_loss(models.gpt, loader, device, models.gpt.config.num_classes > 0)
     t = models.tokenizer
-    return loss_metrics(models.gpt, loss, t.channels * t.image_size * t.image_size)
+    results: dict[str, Any] = loss_metrics(models.gpt, loss, t.channels * t.image_size * t.image_size)
+    if (unit := loss_unit(models.gpt)) is not None:  # no bits: say what the loss is
+        results["loss_unit"] = unit
+    return results
 
 
 def evaluate_gpt(run: EvaluateRun, device: torch.device) -> dict[str, Any]:
@@ -245,8 +249,8 @@ def table(results: dict[str, Any]) -> str:
         if "bits_per_dim" in results:
             lines.append(f"test: {results['loss']:.4f} nats/token, {results['bits_per_token']:.4f} bits/token, "
                          f"{results['bits_per_dim']:.4f} bits/dim")
-        else:  # a patch GPT
-            lines.append(f"test: loss {results['loss']:.4f} per number (Gaussian NLL or MSE: gpt.head)")
+        else:  # a patch GPT's or a masked model's loss
+            lines.append(f"test: loss {results['loss']:.4f} ({results['loss_unit']})")
         header = ("cfg_scale", "FID", "IS", "class acc", "seconds")
         lines.append(" | ".join(f"{h:>10}" for h in header))
         for row in results["samples"]:

@@ -27,6 +27,18 @@ def test_loss(model: nn.Module, loader: DataLoader, device: torch.device, condit
     return total / count
 
 
+# What a patch GPT's loss is, by gpt.head
+PATCH_LOSS_UNITS = {"mse": "MSE", "gaussian": "Gaussian NLL, nats/number", "mixture": "mixture NLL, nats/number",
+                    "diffusion": "denoising loss, not a likelihood"}
+
+
+def loss_unit(gpt: nn.Module) -> str | None:
+    """How to read a loss that has no bits (a patch GPT's, a masked model's); None for a causal token GPT's."""
+    if not gpt.is_discrete:
+        return PATCH_LOSS_UNITS[gpt.config.head]
+    return None if gpt.causal else "nats per masked token, not a likelihood: no bits/dim"
+
+
 def loss_metrics(gpt: nn.Module, loss: float, image_dims: int) -> dict[str, float]:
     """A test loss with the units it is read in: nats/token, bits/token and bits/dim (bits per sub-pixel of the
     token stream: the image's channels x height x width) for index tokens; a patch GPT's loss is per number

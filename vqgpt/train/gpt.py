@@ -23,7 +23,7 @@ from vqgpt.config import DatasetConfig, GPTConfig, TrainGPTRun, dataclass_from_d
 from vqgpt.data.token_cache import TokenDataset, eval_split, prepare_token_cache
 from vqgpt.errors import UserError, argument_prefix
 from vqgpt.eval.evaluate import balanced_labels, build_fid, sample_fid
-from vqgpt.eval.likelihood import loss_metrics, test_loss
+from vqgpt.eval.likelihood import loss_metrics, loss_unit, test_loss
 from vqgpt.generate.pipeline import RECORDED_SAMPLING, Models, check_decoding_options, class_grid
 from vqgpt.generate.sampling import check_sampling_args
 from vqgpt.images import save_grid
@@ -175,12 +175,8 @@ class GPTTask:
 
     def summary(self, results: dict[str, Any]) -> str:
         fid = f", FID-{self.fid_samples} {results['fid']:.2f}" if "fid" in results else ""
-        if not self.model.is_discrete:
-            unit = {"mse": "MSE", "gaussian": "Gaussian NLL, nats/number", "mixture": "mixture NLL, nats/number",
-                    "diffusion": "denoising loss, not a likelihood"}[self.config.head]
+        if (unit := loss_unit(self.model)) is not None:  # a patch GPT's or a masked model's: no bits
             return f"{results['loss']:.4f} ({unit}){fid}"
-        if not self.model.causal:  # a cross-entropy on the masked tokens, not a likelihood of the image
-            return f"{results['loss']:.4f} nats per masked token (not a likelihood: no bits/dim){fid}"
         return (f"{results['loss']:.4f} nats/token, {results['bits_per_token']:.4f} bits/token (uniform: "
                 f"{math.log(self.config.vocab_size):.4f} nats), {results['bits_per_dim']:.4f} bits/dim{fid}")
 
