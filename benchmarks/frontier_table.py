@@ -109,7 +109,7 @@ def plot(result: dict, path: Path, before: tuple[float, float] | None = None) ->
     if before is not None:
         ax.plot(*before, "s", color="grey", label="before: L1-only tokenizer")
         ax.annotate(f"{before[1]:.1f}", before, textcoords="offset points", xytext=(6, -12), fontsize=8, color="grey")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper right")
     for h, f, r in zip(hours, fid, rows, strict=True):
         ax.annotate(f"{r['budget']}: {f:.1f}", (h, f), textcoords="offset points", xytext=(6, 6), fontsize=8)
     ax.axhline(rows[0]["noise_floor"], color="grey", ls=":", lw=1)
