@@ -27,6 +27,20 @@ from vqgpt.tokenizers.vqgan.model import VQGAN
 
 ROOT = Path(__file__).resolve().parent.parent
 
+
+def load_benchmark(name: str):
+    """benchmarks/<name>.py as a module, loaded as `python benchmarks/<name>.py` runs it (bench_common importable)."""
+    import importlib.util
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return module
+
 # 8x8 RGB patterns, 6 named classes: the data of the tiny checkpoints below.
 PATTERNS = DatasetConfig(name="patterns", image_size=8, channels=3, num_classes=6, num_train=24, num_test=8,
                          class_names=["checkerboard", "horizontal_stripes", "vertical_stripes", "diagonal_stripes",

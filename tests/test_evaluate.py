@@ -128,18 +128,9 @@ def test_fid_every_keeps_fid_n_to_its_steps_and_the_end(tmp_path):
 
 
 def test_the_frontier_table_letters_fids_by_protocol_and_plots_them(tmp_path):
-    import importlib.util
-    import sys
+    from conftest import load_benchmark
 
-    from conftest import ROOT
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))  # as `python benchmarks/frontier_table.py` runs: bench_common
-    try:
-        spec = importlib.util.spec_from_file_location("frontier_table", ROOT / "benchmarks" / "frontier_table.py")
-        frontier_table = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(frontier_table)
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    frontier_table = load_benchmark("frontier_table")
     record = {"implementation": "torchmetrics 1", "weights": "w", "weights_sha256": "a" * 64, "resize": "r",
               "input": "i", "reference": "fashionmnist test split", "reference_size": 10000, "num_samples": 10000,
               "class_balance": "the test split's own", "stats_dtype": "float64"}

@@ -113,19 +113,12 @@ def test_denoising_steps_belong_to_the_diffusion_head():
 def test_head_step_cost_times_a_training_step_of_every_case(tmp_path, monkeypatch):
     """benchmarks/head_step_cost.py (what sets gpt_fashionmnist_1h_kl's steps): every case is the frontier GPT with
     one head, a timed step trains it, and the JSON gives each case's ratio to the VQ step."""
-    import importlib.util
     import json
     import sys
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
-    sys.path.insert(0, str(root / "benchmarks"))  # as `python benchmarks/head_step_cost.py` runs: bench_common
-    try:
-        spec = importlib.util.spec_from_file_location("head_step_cost", root / "benchmarks" / "head_step_cost.py")
-        bench = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(bench)
-    finally:
-        sys.path.remove(str(root / "benchmarks"))
+    from conftest import load_benchmark
+
+    bench = load_benchmark("head_step_cost")
     for changes in bench.CASES.values():
         step, model = bench.step_fn(changes, batch=2)
         before = [p.detach().clone() for p in model.parameters()]
