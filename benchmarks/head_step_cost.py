@@ -31,16 +31,21 @@ from vqgpt.models.patch_gpt import PatchGPT  # noqa: E402
 from vqgpt.train.optim import adamw  # noqa: E402
 
 BASE = GPTConfig(block_size=64, num_classes=10, n_layer=4, n_head=4, n_embd=128)
+LATENTS = {"token_dim": 4, "vocab_size": 0}  # a KL autoencoder's tokens: 4 numbers, no codebook
+
+
+def diffusion(width: int, depth: int, draws: int) -> dict:
+    return {**LATENTS, "head": "diffusion", "diffusion_width": width, "diffusion_depth": depth,
+            "diffusion_batch_mul": draws}
+
+
 # name -> the config's changes: VQ codes (K=256) or 4-number latents with a head
 CASES = {
     "vq_codes": {"vocab_size": 256},
-    "mixture_8": {"token_dim": 4, "vocab_size": 0, "head": "mixture", "num_mixtures": 8},
-    "diffusion_128x2_draws4": {"token_dim": 4, "vocab_size": 0, "head": "diffusion", "diffusion_width": 128,
-                               "diffusion_depth": 2, "diffusion_batch_mul": 4},
-    "diffusion_256x3_draws1": {"token_dim": 4, "vocab_size": 0, "head": "diffusion", "diffusion_width": 256,
-                               "diffusion_depth": 3, "diffusion_batch_mul": 1},
-    "diffusion_256x3_draws4": {"token_dim": 4, "vocab_size": 0, "head": "diffusion", "diffusion_width": 256,
-                               "diffusion_depth": 3, "diffusion_batch_mul": 4},
+    "mixture_8": {**LATENTS, "head": "mixture", "num_mixtures": 8},
+    "diffusion_128x2_draws4": diffusion(128, 2, 4),
+    "diffusion_256x3_draws1": diffusion(256, 3, 1),
+    "diffusion_256x3_draws4": diffusion(256, 3, 4),
 }
 
 
