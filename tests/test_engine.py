@@ -301,6 +301,80 @@ def test_a_bad_discriminator_step_at_the_end_still_evaluates_and_saves_the_gener
 
 
 # ---------------------------------------------------------------------------------------------------------
+# the best checkpoint and early stopping
+
+BEST = Path("checkpoints") / "best"
+HELD_OUT_LOSS = {1: 3.0, 2: 2.0, 3: 2.5, 4: 2.6, 5: 1.0, 6: 0.5, 7: 0.4, 8: 0.3}  # by step: best at 2, then two worse
+
+
+@pytest.fixture
+def scripted_loss(monkeypatch):
+    """Each evaluation's held-out loss is HELD_OUT_LOSS at its step (the real evaluation runs; its loss is
+    replaced), so when the run should stop is known in advance."""
+    evaluate = GPTTask.evaluate
+    monkeypatch.setattr(GPTTask, "evaluate", lambda task, model: {**evaluate(task, model),
+                                                                  "loss": HELD_OUT_LOSS[task.done]})
+
+
+def best_run(vae: Path, **trainer) -> TrainGPTRun:
+    constant = dict(lr=1e-3, min_lr=1e-3, warmup_steps=0)  # the same LR at every step whatever max_steps is
+    return gpt_run(vae, **{**constant, "eval_every": 1, "keep_best": "loss", "early_stop": 2, **trainer})
+
+
+def weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    return {**{f"raw.{k}": v for k, v in load_checkpoint(ckpt, ema=False).model.state_dict().items()},
+            **{f"ema.{k}": v for k, v in load_checkpoint(ckpt).model.state_dict().items()}}
+
+
+def test_keep_best_saves_the_best_evaluations_weights_and_early_stop_ends_the_run(tmp_path, vae, scripted_loss,
+                                                                                  capsys):
+    task = fit(GPTTask, best_run(vae), tmp_path / "run")
+    out = capsys.readouterr().out
+    assert "step 4: stopped early: loss has not improved for 2 evaluations" in out
+    assert "keep_best=loss chooses on the test split" in out  # this data holds no images out
+    assert load_train_state(tmp_path / "run" / CKPT)["step"] == 4  # stopped at 4 of 8; resumable from there
+    assert max(train_rows(tmp_path / "run")) == 4
+    assert task.results["best"] == {"metric": "loss", "value": 2.0, "step": 2, "stale": 2,
+                                    "checkpoint": str(tmp_path / "run" / BEST)}
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["best"]["step"] == 2
+    assert (tmp_path / "run" / "samples" / "step_0000004.png").is_file()  # a picture of where it stopped
+    best = load_checkpoint(tmp_path / "run" / BEST)
+    assert best.meta["step"] == 2 and best.meta["best"] == {"metric": "loss", "value": 2.0}
+    fit(GPTTask, best_run(vae, max_steps=2, keep_best=None, early_stop=0), tmp_path / "two_steps")
+    assert_identical(weights(tmp_path / "run" / BEST), weights(tmp_path / "two_steps" / CKPT))
+
+
+def test_a_resumed_run_judges_and_stops_as_the_uninterrupted_one(tmp_path, vae, scripted_loss):
+    """The best so far and the evaluations since it are train state: the run stopped after step 3 (one evaluation
+    without a new best) stops at step 4 once resumed, with step 2's weights as the best, as the straight run."""
+    fit(GPTTask, best_run(vae), tmp_path / "straight")
+    fit(GPTTask, best_run(vae), tmp_path / "split", stop_after=3)
+    resumed = fit(GPTTask, dataclasses.replace(best_run(vae), resume="true"), tmp_path / "split")
+    assert resumed.results["best"]["step"] == 2 and max(train_rows(tmp_path / "split")) == 4
+    assert train_rows(tmp_path / "split") == train_rows(tmp_path / "straight")
+    assert_identical(weights(tmp_path / "split" / BEST), weights(tmp_path / "straight" / BEST))
+
+
+def test_without_early_stop_the_run_ends_at_max_steps_and_the_last_evaluation_can_be_the_best(tmp_path, vae,
+                                                                                              scripted_loss):
+    task = fit(GPTTask, best_run(vae, early_stop=0), tmp_path / "run")
+    assert task.results["best"]["step"] == 8 and max(train_rows(tmp_path / "run")) == 8
+    assert_identical(weights(tmp_path / "run" / BEST), weights(tmp_path / "run" / CKPT))
+
+
+@pytest.mark.parametrize(("trainer", "message"), [
+    ({"keep_best": "los"}, r"^trainer.keep_best=los is not a metric vqgpt knows the better direction of; use one of "
+                           r"accuracy, bits_per_dim, .*loss"),
+    ({"keep_best": None, "early_stop": 3}, r"^trainer.early_stop=3 needs trainer.keep_best"),
+    ({"keep_best": "psnr"}, r"^trainer.keep_best=psnr but this stage's evaluation reports no psnr; use one of "
+                            r"bits_per_dim, bits_per_token, loss$"),
+])
+def test_keep_best_settings_that_cannot_work_are_one_clear_error(tmp_path, vae, trainer, message):
+    with pytest.raises(UserError, match=message):
+        fit(GPTTask, best_run(vae, **trainer), tmp_path / "run")
+
+
+# ---------------------------------------------------------------------------------------------------------
 # EMA, sample.py's switch, the fast paths
 
 

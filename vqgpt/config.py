@@ -273,6 +273,10 @@ class TrainerConfig:
     channels_last: bool = False  # channels_last memory format for the convnets (tokenizer, classifier)
     ema_decay: float | None = None  # keep an EMA of the weights (e.g. 0.999), used for eval and sampling
     max_bad_steps: int = 10  # stop after this many non-finite (skipped) steps in a row
+    # A held-out number of the evaluation (loss, accuracy, rfid, ...): also keep checkpoints/best, the weights
+    # where it was best, judged at every evaluation; None: checkpoints/last only
+    keep_best: str | None = None
+    early_stop: int = 0  # with keep_best: stop after this many evaluations in a row without a new best; 0 = never
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_workers: int = 2
     num_threads: int | None = None  # torch intra-op CPU threads; None = torch's choice (one per core)

@@ -47,7 +47,7 @@ from vqgpt.train.distributed import distributed, init_distributed, main_rank_fir
 from vqgpt.train.loggers import build_logger
 from vqgpt.train.optim import adamw, lr_at, set_lr
 from vqgpt.train.runtime import check_batch_fits, check_checkpoint_target, check_trainer, seed_everything
-from vqgpt.train.state import EMA, BatchStream, capture, restore, rng_isolated, rng_state
+from vqgpt.train.state import EMA, BatchStream, Best, capture, restore, rng_isolated, rng_state
 
 
 class Task(Protocol):
@@ -112,6 +112,8 @@ class Engine:
         self.device = train_device(trainer.device)
         seed_everything(trainer.seed + self.rank)  # ranks draw different dropout; DDP syncs the initial weights
         self.ckpt_dir = out_dir / "checkpoints" / "last"
+        self.best_dir = out_dir / "checkpoints" / "best"  # trainer.keep_best's
+        self.best = Best(trainer.keep_best) if trainer.keep_best else None
         self.resume = self._resume_path(resume)
         if self.resume != self.ckpt_dir:
             check_checkpoint_target(self.ckpt_dir)
@@ -121,6 +123,7 @@ class Engine:
         self._skipped_now: set[str] = set()
         self._snapshots: dict[str, list[torch.Tensor]] = {}
         self._signal: int | None = None
+        self._early = False  # rank 0 found trainer.early_stop evaluations without a new best
 
     # ---- what a task calls while it builds itself
 
@@ -203,7 +206,7 @@ class Engine:
         start, skipped = 0, {name: 0 for name in task.optimizers}  # skipped updates, per optimizer
         if self.resume is not None:
             start, skipped = restore(str(self.resume), task, self.ema, self.batches, t, rank=self.rank,
-                                     world=self.world, device=self.device, say=self.say)
+                                     world=self.world, device=self.device, say=self.say, best=self.best)
         if self.is_main and self.logger.path is not None:
             _drop_rows_after(self.logger.path, start)  # a resumed run logs those steps again
         global_batch = t.batch_size * t.grad_accum * self.world
@@ -211,9 +214,13 @@ class Engine:
                  + (f" x {self.world} processes" if self.world > 1 else "")
                  + f"; batch {global_batch} = {t.batch_size} per process x {t.grad_accum} accumulated"
                  + (f" x {self.world} processes" if self.world > 1 else ""))
+        if self.best is not None and task.eval_split == "test":
+            self.say(f"trainer.keep_best={t.keep_best} chooses on the test split, as this data holds no images out; "
+                     "hold some out (dataset.val_size=N) to keep the test numbers honest")
 
         bad_in_a_row = 0
         done = start
+        last_eval: tuple[int, dict[str, Any]] | None = None  # (step, results) of the latest evaluation
         bar = progress(total=t.max_steps, initial=start, desc=task.stage, enabled=t.progress_bar and self.is_main)
         with self._signals():
             for step in range(start, t.max_steps):
@@ -255,7 +262,9 @@ class Engine:
                         val = task.evaluate(self.eval_model)
                     self.logger.log(_scalars("val", val), step=done)
                     bar.write(f"step {done}: {task.summary(val)}")
-                if healthy and (done % t.sample_every == 0 or done == t.max_steps) and self.is_main:
+                    last_eval = (done, val)
+                    self._keep_best(val, done)
+                if healthy and (done % t.sample_every == 0 or done == t.max_steps or self._early) and self.is_main:
                     with rng_isolated():
                         path = task.snapshot(self.eval_model, done)
                     if path is not None:
@@ -263,23 +272,38 @@ class Engine:
                 saved = healthy and (done % t.checkpoint_every == 0 or done == t.max_steps)
                 if saved:
                     self.save(done, skipped)
-                if self._stop_requested():
+                signalled, early = self._stop_requested()
+                if signalled or early:
                     if healthy and not saved:
                         self.save(done, skipped)
+                if signalled:
                     bar.close()
                     self.logger.finish()
                     raise self._interrupted(done, healthy)
+                if early:
+                    bar.write(f"step {done}: stopped early: {t.keep_best} has not improved for {t.early_stop} "
+                              "evaluations (trainer.early_stop)")
+                    break
         bar.close()
         if start >= t.max_steps:
             self.save(start, skipped)
 
         results: dict[str, Any] = {}
         if self.is_main:
-            results = task.evaluate(self.eval_model)
-            self.logger.log(_scalars("val", results), step=done)
+            if last_eval is not None and last_eval[0] == done:  # stopped early just after evaluating these weights
+                results = last_eval[1]
+            else:
+                results = task.evaluate(self.eval_model)
+                self.logger.log(_scalars("val", results), step=done)
+                self._keep_best(results, done)
+            if self.best is not None:
+                results = {**results, "best": {**self.best.state_dict(), "checkpoint": str(self.best_dir)}}
             (self.out_dir / "eval.json").write_text(json.dumps(results, indent=2))
             self.say(f"{task.eval_split} split: {task.summary(results)}")
             self.say(f"checkpoint: {self.ckpt_dir}")
+            if self.best is not None:
+                self.say(f"best {task.eval_split} {self.best.metric} {self.best.value:.4g} at step {self.best.step}: "
+                         f"{self.best_dir}")
         self.logger.finish()
         self.barrier()
         return results
@@ -309,10 +333,25 @@ class Engine:
             rngs = [rng_state()]
         if self.is_main:
             task = self.task
-            state = capture(task, self.batches, step=step, max_steps=self.t.max_steps, skipped=skipped, rngs=rngs)
+            state = capture(task, self.batches, step=step, max_steps=self.t.max_steps, skipped=skipped, rngs=rngs,
+                            best=self.best)
             save_checkpoint(self.ckpt_dir, task.model, stage=task.stage, arch=task.arch, meta=task.meta, step=step,
                             train_state=state, ema=self.ema.module if self.ema is not None else None)
         self.barrier()
+
+    def _keep_best(self, results: dict[str, Any], step: int) -> None:
+        """Rank 0, after an evaluation: a new best of trainer.keep_best writes checkpoints/best (the weights
+        evaluated: EMA and raw, as checkpoints/last, without the train state); enough evaluations without one set
+        the early stop."""
+        if self.best is None:
+            return
+        if self.best.update(results, step):
+            task = self.task
+            meta = {**task.meta, "best": {"metric": self.best.metric, "value": self.best.value}}
+            save_checkpoint(self.best_dir, task.model, stage=task.stage, arch=task.arch, meta=meta, step=step,
+                            ema=self.ema.module if self.ema is not None else None)
+        elif self.t.early_stop and self.best.stale >= self.t.early_stop:
+            self._early = True
 
     def _resume_path(self, resume: str | None) -> Path | None:
         """resume=true: this run dir's checkpoints/last; resume=<dir>: that checkpoint; None: a fresh run."""
@@ -353,16 +392,17 @@ class Engine:
             for s, h in previous.items():
                 signal.signal(s, h)
 
-    def _stop_requested(self) -> bool:
-        """Whether any rank got a signal (all ranks stop after the same step)."""
-        flag = self._signal or 0
+    def _stop_requested(self) -> tuple[bool, bool]:
+        """Whether any rank got a signal, and whether rank 0 called an early stop (all ranks stop after the same
+        step)."""
+        flag, early = self._signal or 0, int(self._early)
         if self.world > 1:
-            box = torch.tensor(flag, dtype=torch.int32, device=self.device)
+            box = torch.tensor([flag, early], dtype=torch.int32, device=self.device)
             dist.all_reduce(box, op=dist.ReduceOp.MAX)
-            flag = int(box)
+            flag, early = (int(v) for v in box)
         if flag and self._signal is None:
             self._signal = flag
-        return bool(flag)
+        return bool(flag), bool(early)
 
     def _interrupted(self, step: int, saved: bool) -> Interrupted:
         name = signal.Signals(self._signal).name

@@ -11,6 +11,7 @@ import torch
 from vqgpt.checkpoint import check_replaceable
 from vqgpt.config import TrainerConfig
 from vqgpt.errors import UserError
+from vqgpt.train.state import BEST_DIRECTION
 
 
 def seed_everything(seed: int) -> None:
@@ -36,6 +37,12 @@ def check_trainer(t: TrainerConfig) -> None:
         raise UserError(f"trainer.grad_clip={t.grad_clip} must be > 0, or null for off")
     if t.ema_decay is not None and not 0 < t.ema_decay < 1:
         raise UserError(f"trainer.ema_decay={t.ema_decay} must be in (0, 1), e.g. 0.999, or null for no EMA")
+    if t.keep_best is not None and t.keep_best not in BEST_DIRECTION:
+        raise UserError(f"trainer.keep_best={t.keep_best} is not a metric vqgpt knows the better direction of; use "
+                        f"one of {', '.join(sorted(BEST_DIRECTION))}, or null")
+    if t.early_stop < 0 or (t.early_stop and t.keep_best is None):
+        raise UserError(f"trainer.early_stop={t.early_stop} needs trainer.keep_best (the metric to watch, e.g. "
+                        "keep_best=loss) and must be >= 0 (0 = never stop early)")
 
 
 def check_batch_fits(t: TrainerConfig, train_size: int) -> None:

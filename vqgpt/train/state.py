@@ -1,9 +1,9 @@
 """The train state, and its one home: what a checkpoint's train_state.pt holds besides the weights (optimizers,
 step, the data order resumable to the batch and sharded across processes, every RNG of every rank, the EMA of the
-weights), how it is captured at a save, and how a resumed run gets all of it back.
+weights, the best evaluation so far), how it is captured at a save, and how a resumed run gets all of it back.
 
-    state = capture(task, batches, step=..., max_steps=..., skipped=..., rngs=[rng_state(), ...])
-    step, skipped = restore(path, task, ema, batches, trainer, rank=0, world=1, say=print)
+    state = capture(task, batches, step=..., max_steps=..., skipped=..., rngs=[rng_state(), ...], best=best)
+    step, skipped = restore(path, task, ema, batches, trainer, rank=0, world=1, say=print, best=best)
 
 checkpoint.py writes and reads the files; this module decides what goes in them and what a resume means.
 """
@@ -90,6 +90,47 @@ class EMA:
         torch._foreach_lerp_(ours, theirs, 1.0 - decay)
         for mine, other in zip(self.module.buffers(), model.buffers(), strict=True):
             mine.copy_(other)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The best evaluation so far (trainer.keep_best, trainer.early_stop)
+
+# Which way each held-out number improves: -1 lower is better, +1 higher
+BEST_DIRECTION = {"loss": -1, "bits_per_token": -1, "bits_per_dim": -1, "fid": -1, "rfid": -1, "lpips": -1,
+                  "psnr": 1, "ssim": 1, "accuracy": 1, "test_accuracy": 1}
+
+
+@dataclasses.dataclass
+class Best:
+    """The best value of one evaluation metric so far, the step it came at, and how many evaluations since
+    brought none better (what early stopping counts). Part of the train state, so a resumed run judges as an
+    uninterrupted one would."""
+
+    metric: str
+    value: float | None = None
+    step: int | None = None
+    stale: int = 0  # evaluations in a row without a new best
+
+    def update(self, results: Mapping[str, Any], step: int) -> bool:
+        """Take one evaluation's results; True when they are a new best (ties are not)."""
+        value = results.get(self.metric)
+        if not isinstance(value, (int, float)):
+            numbers = sorted(k for k, v in results.items() if k in BEST_DIRECTION and isinstance(v, (int, float)))
+            raise UserError(f"trainer.keep_best={self.metric} but this stage's evaluation reports no {self.metric}; "
+                            f"use one of {', '.join(numbers) or '(none: drop trainer.keep_best)'}")
+        better = self.value is None or (value - self.value) * BEST_DIRECTION[self.metric] > 0
+        if better:
+            self.value, self.step, self.stale = float(value), step, 0
+        else:
+            self.stale += 1
+        return better
+
+    def state_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state["metric"] == self.metric:  # judged by another metric before: start afresh
+            self.value, self.step, self.stale = state["value"], state["step"], state["stale"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -188,9 +229,10 @@ def resume_from(path: str, model: nn.Module, stage: str) -> dict[str, Any]:
 
 
 def capture(task: Any, batches: BatchStream, *, step: int, max_steps: int, skipped: dict[str, int],
-            rngs: list[dict[str, Any]]) -> dict[str, Any]:
+            rngs: list[dict[str, Any]], best: Best | None = None) -> dict[str, Any]:
     """The train state of `task` after `step` steps, for train_state.pt (rngs: every rank's rng_state())."""
     return {
+        "best": best.state_dict() if best is not None else None,
         "step": step,
         "max_steps": max_steps,
         "skipped_steps": dict(skipped),  # skipped updates, per optimizer
@@ -203,9 +245,10 @@ def capture(task: Any, batches: BatchStream, *, step: int, max_steps: int, skipp
 
 
 def restore(path: str, task: Any, ema: EMA | None, batches: BatchStream, t: TrainerConfig, *, rank: int,
-            world: int, device: torch.device, say: Callable[[str], None]) -> tuple[int, dict[str, int]]:
-    """Load the whole train state of checkpoint `path` into `task`, `ema` and `batches`, and this rank's RNG
-    streams; returns (step, skipped updates so far per optimizer)."""
+            world: int, device: torch.device, say: Callable[[str], None],
+            best: Best | None = None) -> tuple[int, dict[str, int]]:
+    """Load the whole train state of checkpoint `path` into `task`, `ema`, `batches` and `best`, and this rank's
+    RNG streams; returns (step, skipped updates so far per optimizer)."""
     state = resume_from(path, task.model, task.stage)
     for key in ("optimizers", "data", "rng"):
         if key not in state:
@@ -221,6 +264,8 @@ def restore(path: str, task: Any, ema: EMA | None, batches: BatchStream, t: Trai
         if saved.weights != "ema":
             say(f"resume: {path} has no EMA weights; the EMA starts from the resumed weights")
         ema.module.load_state_dict(saved.model.state_dict())
+    if best is not None and state.get("best"):
+        best.load_state_dict(state["best"])
     batches.load_state_dict(state["data"])
     if len(state["rng"]) == world:
         set_rng_state(state["rng"][rank])
