@@ -285,6 +285,8 @@ def test_no_gan_term_before_disc_start(lpips_net):
     loss.backward()
     assert all(p.grad is None for p in criterion.discriminator.parameters())
     assert not criterion.gan_active(9) and criterion.gan_active(10)
+    criterion.cfg.disc_weight = 0.0  # no GAN at all: the discriminator is never run or trained
+    assert not criterion.gan_active(10) and not criterion.gan_active(10**9)
 
 
 def test_grayscale_images_go_through_lpips(lpips_net):

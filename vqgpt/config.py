@@ -128,7 +128,7 @@ class TokenizerLossConfig:
     perceptual_net: str = "vgg"
     lpips_weights: str | None = None  # local LPIPS trunk weights file for offline machines
     codebook_weight: float = 1.0
-    disc_weight: float = 0.5
+    disc_weight: float = 0.5  # 0: no GAN (the discriminator is built but never run or trained)
     disc_start: int = 5000  # step at which the discriminator joins (GAN weight 0 before it)
     disc_loss: str = "hinge"  # hinge | non_saturating
     disc_channels: int = 64  # PatchGAN width of its first layer

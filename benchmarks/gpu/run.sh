@@ -23,7 +23,7 @@ if ! $PY -c "import hydra" 2>/dev/null && [ -d "$GPU/wheels" ]; then
 fi
 
 if [ "${DRY_RUN:-0}" = 1 ]; then  # the same code path, toy sizes, on the CPU
-  DEVICE=cpu DATA="dataset=patterns dataset.channels=1 dataset.num_train=16 dataset.num_test=8" TOK_STEPS=2 GPT_STEPS=2 SAMPLES=20 SAMPLE_BATCH=10
+  DEVICE=cpu DATA="dataset=patterns dataset.channels=1 dataset.num_train=16 dataset.num_test=8 dataset.val_size=4" TOK_STEPS=2 GPT_STEPS=2 SAMPLES=20 SAMPLE_BATCH=10
   TESTS=(-k "fid_features or static_decode") SPEED=(--layers 1 --width 32 --heads 2 --tokens 16 --vocab 64 --runs 1)
   SAMPLING=(--batches 1 --no-compile) TRAINING=(--batch 2 --no-memory) TOKENIZER=(--batch 4 --steps 2 --warmup 1 --runs 1)
   TRAIN=(trainer.batch_size=8 trainer.eval_every=1000 trainer.sample_every=1000 trainer.checkpoint_every=1000

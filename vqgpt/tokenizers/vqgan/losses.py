@@ -2,7 +2,7 @@
 
 Generator: rec (L1/L2) + perceptual_weight * LPIPS + d_weight * adversarial + codebook_weight * q_loss
 (the quantizer's own loss), where d_weight is disc_weight times the adaptive weight of Eq. 7, and 0
-before `disc_start`.
+before `disc_start` (and throughout at disc_weight=0: then the discriminator is never run).
 Discriminator: hinge or non-saturating loss on PatchGAN logits of real images and detached reconstructions.
 
 A training iteration is two explicit optimizer steps:
@@ -125,8 +125,9 @@ class VQGANLoss(nn.Module):
         return self
 
     def gan_active(self, step: int) -> bool:
-        """Whether the adversarial terms are on at this step (from `disc_start` on)."""
-        return step >= self.cfg.disc_start
+        """Whether the adversarial terms are on at this step: from `disc_start` on, and never at `disc_weight=0`
+        (the generator would not feel the discriminator, so it is not run or trained at all)."""
+        return self.cfg.disc_weight > 0 and step >= self.cfg.disc_start
 
     def reconstruction_loss(self, x: torch.Tensor, x_rec: torch.Tensor) -> torch.Tensor:
         """Mean absolute (l1) or squared (l2) pixel error."""
