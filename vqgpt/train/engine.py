@@ -9,7 +9,8 @@ The engine owns the train state (models, optimizers, step, the data order and po
 RNG of every rank, the quantizer's buffers, the EMA weights) and saves and restores all of it, so a resumed run
 continues as if never stopped. Around the task's step it runs the loop skeleton: device and process group
 (torchrun), seeding, the LR schedule, autocast, accumulation, clipping, skipping non-finite steps, EMA, the
-log/eval/sample/checkpoint cadence, the progress bar, SIGINT/SIGTERM, and the final evaluation.
+log/eval/sample/checkpoint cadence, the best checkpoint and early stopping (trainer.keep_best, trainer.early_stop),
+the progress bar, SIGINT/SIGTERM, and the final evaluation.
 
 A task has: `stage`, `arch`, `meta` (its checkpoint's config.json facts), `model` (the checkpointed module),
 `modules` and `optimizers` (dicts with the same keys; "model" first), `train_set`, and the methods
