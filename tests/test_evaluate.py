@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import PATTERNS, make_tokenizer, one_error_line
+from conftest import PATTERNS, load_benchmark, make_tokenizer, one_error_line
 from PIL import Image
 
 from vqgpt.checkpoint import save_checkpoint
@@ -128,8 +128,6 @@ def test_fid_every_keeps_fid_n_to_its_steps_and_the_end(tmp_path):
 
 
 def test_the_frontier_table_letters_fids_by_protocol_and_plots_them(tmp_path):
-    from conftest import load_benchmark
-
     frontier_table = load_benchmark("frontier_table")
     record = {"implementation": "torchmetrics 1", "weights": "w", "weights_sha256": "a" * 64, "resize": "r",
               "input": "i", "reference": "fashionmnist test split", "reference_size": 10000, "num_samples": 10000,
@@ -163,6 +161,37 @@ def test_the_frontier_table_letters_fids_by_protocol_and_plots_them(tmp_path):
     assert "| 1h_kl | 1.50 [A], 24.00 dB, 0.100 | - | 9.00 [B] | 75.0% | 30 + 30 min |" in table
     frontier_table.plot(result, tmp_path / "plot.png")
     assert Image.open(tmp_path / "plot.png").size[0] > 300
+
+
+def test_the_heldout_table_reads_the_loss_curve_and_both_gpt_checkpoints(tmp_path):
+    heldout_table = load_benchmark("heldout_table")
+    for split, count in (("train", 3), ("test", 2)):
+        (tmp_path / "data" / split / "0").mkdir(parents=True)
+        for i in range(count):
+            (tmp_path / "data" / split / "0" / f"{i}.png").write_bytes(b"")
+    (tmp_path / "eval_tokenizer").mkdir()
+    (tmp_path / "eval_tokenizer" / "eval.json").write_text(json.dumps({"rfid": 9.0, "psnr": 30.0, "protocol": {}}))
+    rows = [{"step": 1, "train/loss": 5.0}, {"step": 500, "val/loss": 2.0}, {"step": 1000, "val/loss": 2.5},
+            {"step": 1001, "train/loss": 0.5}]
+    (tmp_path / "gpt").mkdir()
+    (tmp_path / "gpt" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    best = {"metric": "loss", "value": 2.0, "step": 500, "stale": 1, "checkpoint": "gpt/checkpoints/best"}
+    (tmp_path / "gpt" / "eval.json").write_text(json.dumps({"loss": 2.5, "best": best}))
+    for name, step, fid in (("best", 500, 10.0), ("last", 1001, 20.0)):
+        (tmp_path / "gpt" / "checkpoints" / name).mkdir(parents=True)
+        (tmp_path / "gpt" / "checkpoints" / name / "config.json").write_text(json.dumps({"step": step}))
+        (tmp_path / f"eval_gpt_{name}").mkdir()
+        (tmp_path / f"eval_gpt_{name}" / "eval.json").write_text(json.dumps(
+            {"loss": fid / 10, "bits_per_dim": 0.1, "samples": [{"fid": fid, "class_accuracy": 0.9,
+                                                                  "protocol": {"num_samples": 1000}}]}))
+    result = heldout_table.build(tmp_path)
+    assert result["data"] == {"train": 3, "test": 2}
+    gpt = result["gpt"]
+    assert gpt["val_loss_curve"] == [{"step": 500, "val_loss": 2.0}, {"step": 1000, "val_loss": 2.5}]
+    assert gpt["best"] == best and gpt["stopped_at"] == 1001 and gpt["last_train_loss"] == 0.5
+    assert {k: (v["step"], v["samples"][0]["fid"]) for k, v in gpt["checkpoints"].items()} == {
+        "best": (500, 10.0), "last": (1001, 20.0)}
+    assert result["fid_protocol"] == {"num_samples": 1000} and result["tokenizer"] == {"rfid": 9.0, "psnr": 30.0}
 
 
 def test_rejection_sampling_gets_the_classifier_it_was_given(tiny_ckpts, tmp_path, monkeypatch):

@@ -345,18 +345,13 @@ def test_discriminator_probe_tells_a_blind_discriminator_from_a_seeing_one(tmp_p
     """benchmarks/discriminator_probe.py (docs/quality.md): a discriminator whose convolutions are zero gives every
     input the same logit and is called blind; a fresh one does not; a checkpoint without one is refused."""
     import dataclasses
-    import importlib.util
-    from pathlib import Path
 
-    from conftest import PATTERNS
+    from conftest import PATTERNS, load_benchmark
 
     from vqgpt.checkpoint import save_checkpoint
     from vqgpt.data import dataset_info
 
-    spec = importlib.util.spec_from_file_location(
-        "discriminator_probe", Path(__file__).resolve().parent.parent / "benchmarks" / "discriminator_probe.py")
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    probe = load_benchmark("discriminator_probe")
     torch.manual_seed(0)
     cfg = VQGANConfig(in_channels=3, image_size=8, channels=8, ch_mult=[1, 2], num_res_blocks=1, z_channels=8,
                       embed_dim=4, quantizer=VQConfig(num_codewords=32, embedding_dim=4),
