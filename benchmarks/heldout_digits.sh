@@ -10,9 +10,10 @@
 # 3,500 steps of 64 are 155 passes over this folder, far past where the held-out loss is lowest. Then on the test
 # split: the tokenizer's rFID/PSNR/LPIPS, and for both GPT checkpoints (best, and last: the whole 3,500 steps) the
 # loss, bits/dim, FID of 1,000 class-balanced samples (against 355 test images: compare it only with this folder's
-# rFID) and their class accuracy under a small CNN trained on the folder; a grid of the best checkpoint's samples
-# (outputs/heldout_digits/samples), and the JSON (benchmarks/heldout_table.py ->
-# benchmarks/results/heldout_digits.json).
+# rFID) and their class accuracy under a small CNN trained on the folder, a grid of samples of each
+# (outputs/heldout_digits/samples_{best,last}) and how near those come to the training digits
+# (benchmarks/nearest_train.py: near copies); the JSON: benchmarks/heldout_table.py ->
+# benchmarks/results/heldout_digits.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-outputs/heldout_digits}
@@ -40,6 +41,11 @@ for ckpt in best last; do
     checkpoint_gpt="$OUT/gpt/checkpoints/$ckpt" checkpoint_classifier="$CLS" fid.num_samples=1000 \
     hydra.run.dir="$OUT/eval_gpt_$ckpt"
 done
-[ -e "$OUT/samples/done" ] || { $PY scripts/sample.py checkpoint_vae="$VAE" checkpoint_gpt="$OUT/gpt/checkpoints/best" \
-  sampling.num_samples=10 hydra.run.dir="$OUT/samples" && touch "$OUT/samples/done"; }
+for ckpt in best last; do  # 10 samples a class of each, and how near they come to the training digits
+  [ -e "$OUT/samples_$ckpt/done" ] || { $PY scripts/sample.py checkpoint_vae="$VAE" \
+    checkpoint_gpt="$OUT/gpt/checkpoints/$ckpt" sampling.num_samples=10 hydra.run.dir="$OUT/samples_$ckpt" \
+    && touch "$OUT/samples_$ckpt/done"; }
+done
+$PY benchmarks/nearest_train.py "$OUT/data" --samples "$OUT/samples_best/images" "$OUT/samples_last/images" \
+  >"$OUT/nearest_train.json"
 $PY benchmarks/heldout_table.py "$OUT"

@@ -4,7 +4,8 @@
 
 The tokenizer's test reconstruction, the GPT's held-out loss at each evaluation (and where trainer.keep_best and
 trainer.early_stop put its best checkpoint and its stop), and the samples of both its checkpoints, best and last,
-on the test split: FID of class-balanced samples and their class accuracy.
+on the test split: FID of class-balanced samples and their class accuracy; and how near samples come to the
+training images (benchmarks/nearest_train.py).
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ def build(out: Path) -> dict:
             "last_train_loss": train[-1]["train/loss"] if train else None,
             "checkpoints": {name: gpt_checkpoint(out, name) for name in ("best", "last")},
         },
+        # RMS pixel distance of samples (and, as the yardstick, of test images) to the nearest training image
+        "nearest_train": read(out / "nearest_train.json") if (out / "nearest_train.json").is_file() else None,
         "fid_protocol": read(out / "eval_gpt_best" / "eval.json")["samples"][0]["protocol"],
         "rfid_protocol": tok.get("protocol"),
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 from conftest import PATTERNS, load_benchmark, make_tokenizer, one_error_line
@@ -192,6 +193,24 @@ def test_the_heldout_table_reads_the_loss_curve_and_both_gpt_checkpoints(tmp_pat
     assert {k: (v["step"], v["samples"][0]["fid"]) for k, v in gpt["checkpoints"].items()} == {
         "best": (500, 10.0), "last": (1001, 20.0)}
     assert result["fid_protocol"] == {"num_samples": 1000} and result["tokenizer"] == {"rfid": 9.0, "psnr": 30.0}
+
+
+def test_nearest_train_counts_copies_of_training_images_and_not_new_ones(tmp_path):
+    nearest_train = load_benchmark("nearest_train")
+    rng = np.random.default_rng(0)
+    images = {"train": rng.random((20, 8, 8)), "test": rng.random((10, 8, 8))}
+    images["copies"] = images["train"][:5] + 0.001  # a GPT that memorised: training images, all but exactly
+    images["new"] = rng.random((5, 8, 8))
+    for name, batch in images.items():
+        folder = tmp_path / name / "0"
+        folder.mkdir(parents=True)
+        for i, x in enumerate(batch):
+            Image.fromarray((x * 255).round().astype(np.uint8)).save(folder / f"{i}.png")
+    out = nearest_train.report(tmp_path, [tmp_path / "copies" / "0", tmp_path / "new" / "0"])
+    assert out["train_images"] == 20 and out["test"]["images"] == 10
+    copies, new = out[str(tmp_path / "copies" / "0")], out[str(tmp_path / "new" / "0")]
+    assert copies["near_copies"] == 1.0 and copies["median"] < 0.01
+    assert new["near_copies"] < 1.0 and new["median"] > 0.1
 
 
 def test_rejection_sampling_gets_the_classifier_it_was_given(tiny_ckpts, tmp_path, monkeypatch):
