@@ -11,7 +11,7 @@ OUT=${OUT:-outputs/select_fashionmnist}
 PY=${PY:-.venv/bin/python}
 export OMP_NUM_THREADS=1
 ONE=(trainer.num_threads=1 trainer.progress_bar=false)
-# the 20-minute recipe's tokenizer settings, less the losses under test
+# the 20-minute recipe's tokenizer settings (no PatchGAN since these runs chose so), less the losses under test
 TOK=(experiment=tokenizer_fashionmnist_20min "${ONE[@]}")
 GPT=(experiment=gpt_fashionmnist_20min "${ONE[@]}" fid_samples=2000 fid.reference_split=val)
 
@@ -45,8 +45,8 @@ gpt() {  # gpt NAME TOKENIZER STEPS OVERRIDES...: train with FID-2k on the val s
 # from step 500; + LPIPS (VGG's) and the PatchGAN; AlexNet's for 2200 steps (GAN from 1000; 1.3x VGG's compute); and
 # LPIPS (VGG's) without the GAN
 tokenizer t_l1 tokenizer.loss.perceptual_weight=0 tokenizer.loss.disc_start=1000000
-tokenizer t_alex_disc tokenizer.loss.perceptual_net=alex
-tokenizer t_vgg_disc
+tokenizer t_alex_disc tokenizer.loss.perceptual_net=alex tokenizer.loss.disc_start=500
+tokenizer t_vgg_disc tokenizer.loss.disc_start=500  # the recipe's settings then; it has no GAN now
 tokenizer t_alex_disc_2200 tokenizer.loss.perceptual_net=alex tokenizer.loss.disc_start=1000 trainer.max_steps=2200 \
   trainer.eval_every=2200 trainer.sample_every=2200 trainer.checkpoint_every=1100
 # + LPIPS (VGG's) alone, no GAN: what the PatchGAN adds to t_vgg_disc (added later, run alone at two threads)
