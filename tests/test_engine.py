@@ -28,7 +28,7 @@ from vqgpt.train.engine import Engine, Interrupted
 from vqgpt.train.gpt import GPTTask
 from vqgpt.train.image_classifier import ClassifierTask
 from vqgpt.train.optim import adamw
-from vqgpt.train.state import load_train_state
+from vqgpt.train.state import Best, load_train_state
 from vqgpt.train.tokenizer import VQGANTask
 
 CKPT = Path("checkpoints") / "last"
@@ -360,6 +360,14 @@ def test_without_early_stop_the_run_ends_at_max_steps_and_the_last_evaluation_ca
     task = fit(GPTTask, best_run(vae, early_stop=0), tmp_path / "run")
     assert task.results["best"]["step"] == 8 and max(train_rows(tmp_path / "run")) == 8
     assert_identical(weights(tmp_path / "run" / BEST), weights(tmp_path / "run" / CKPT))
+
+
+def test_best_follows_each_metrics_direction_and_takes_no_nan_or_tie():
+    loss, accuracy = Best("loss"), Best("accuracy")
+    assert [loss.update({"loss": v}, i) for i, v in enumerate([float("nan"), 2.0, 2.0, 3.0, 1.0])] == [
+        False, True, False, False, True]
+    assert (loss.value, loss.step, loss.stale) == (1.0, 4, 0)
+    assert [accuracy.update({"accuracy": v}, i) for i, v in enumerate([0.5, 0.4, 0.6])] == [True, False, True]
 
 
 @pytest.mark.parametrize(("trainer", "message"), [

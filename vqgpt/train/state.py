@@ -112,13 +112,13 @@ class Best:
     stale: int = 0  # evaluations in a row without a new best
 
     def update(self, results: Mapping[str, Any], step: int) -> bool:
-        """Take one evaluation's results; True when they are a new best (ties are not)."""
+        """Take one evaluation's results; True when they are a new best (ties and NaN are not)."""
         value = results.get(self.metric)
         if not isinstance(value, (int, float)):
             numbers = sorted(k for k, v in results.items() if k in BEST_DIRECTION and isinstance(v, (int, float)))
             raise UserError(f"trainer.keep_best={self.metric} but this stage's evaluation reports no {self.metric}; "
                             f"use one of {', '.join(numbers) or '(none: drop trainer.keep_best)'}")
-        better = self.value is None or (value - self.value) * BEST_DIRECTION[self.metric] > 0
+        better = value == value and (self.value is None or (value - self.value) * BEST_DIRECTION[self.metric] > 0)
         if better:
             self.value, self.step, self.stale = float(value), step, 0
         else:
