@@ -14,17 +14,17 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
+
+from vqgpt.images import to_model_space, to_unit
 
 COPY_QUANTILE = 0.05  # a sample nearer to the training set than 95 % of the test images is a near copy
 
 
 def load(paths: list[Path]) -> torch.Tensor:
     """Grey images as an (N, H*W) float tensor in [0, 1]."""
-    return torch.from_numpy(np.stack([np.asarray(Image.open(p).convert("L"), dtype=np.float32).ravel() / 255
-                                      for p in paths]))
+    return to_unit(to_model_space([Image.open(p) for p in paths], channels=1)).flatten(1)
 
 
 def nearest(queries: torch.Tensor, train: torch.Tensor) -> torch.Tensor:
